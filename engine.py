@@ -1,0 +1,197 @@
+"""What one epoch does: the training step, evaluation, and the choices of
+device and speed settings they run under. train.py strings these together."""
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from centerloss import CenterLoss, scale_feature_grad
+from config import Config
+from data import NUM_CLASSES, Split
+from nets import LeNetsPP
+
+
+class Diverged(RuntimeError):
+    """The loss stopped being a finite number."""
+
+
+# ---------- device and speed settings ----------
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 matrix maths in hardware. Without them bf16 is
+    emulated on the CPU and slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass
+class Speed:
+    """The resolved speed switches ('auto' decided) for one device."""
+    bf16: bool
+    channels_last: bool
+    cuda_graphs: bool
+    threads: int
+
+    def describe(self) -> str:
+        return (f"bf16 autocast {'on' if self.bf16 else 'off'}, channels_last {'on' if self.channels_last else 'off'}, "
+                f"cuda graphs {'on' if self.cuda_graphs else 'off'}, {self.threads} CPU threads")
+
+
+def resolve_speed(cfg: Config, device: torch.device) -> Speed:
+    on_cuda = device.type == "cuda"
+    bf16 = {"on": True, "off": False}.get(cfg.bf16, on_cuda or cpu_has_native_bf16())
+    # channels_last measured faster with bf16 on both a 2-core AVX512-BF16 CPU
+    # and the GPU; in fp32 on the CPU it helps less, so auto follows bf16.
+    channels_last = {"on": True, "off": False}.get(cfg.channels_last, bf16)
+    # Graph capture is not implemented yet: 'auto' stays eager everywhere.
+    if cfg.cuda_graphs == "on":
+        raise ValueError("--cuda-graphs on is not available yet; use auto or off")
+    threads = cfg.num_threads or torch.get_num_threads()  # torch's default: one per physical core
+    return Speed(bf16=bf16, channels_last=channels_last, cuda_graphs=False, threads=threads)
+
+
+def autocast(device: torch.device, speed: Speed):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if speed.bf16 else nullcontext()
+
+
+def to_layout(images: torch.Tensor, speed: Speed) -> torch.Tensor:
+    return images.contiguous(memory_format=torch.channels_last) if speed.channels_last else images
+
+
+# ---------- the parts that train ----------
+
+@dataclass
+class Parts:
+    model: LeNetsPP
+    center_loss: CenterLoss
+    net_optimizer: torch.optim.Optimizer
+    center_optimizer: Optional[torch.optim.Optimizer]  # None for the paper's update rule
+    scheduler: torch.optim.lr_scheduler.StepLR
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "center_loss": self.center_loss.state_dict(),
+            "net_optimizer": self.net_optimizer.state_dict(),
+            "center_optimizer": self.center_optimizer.state_dict() if self.center_optimizer else None,
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.center_loss.load_state_dict(state["center_loss"])
+        self.net_optimizer.load_state_dict(state["net_optimizer"])
+        if self.center_optimizer:
+            self.center_optimizer.load_state_dict(state["center_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+def build_parts(cfg: Config, device: torch.device, speed: Speed) -> Parts:
+    """Weights and centers drawn from the global RNG: seed it first."""
+    model = LeNetsPP(feat_dim=cfg.feat_dim, num_classes=NUM_CLASSES, classifier_bias=cfg.classifier_bias)
+    model = model.to(device, memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)
+    center_loss = CenterLoss(NUM_CLASSES, cfg.feat_dim, update=cfg.center_update, alpha=cfg.center_alpha).to(device)
+    net_optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    # Plain SGD for the centers: no momentum, no weight decay (decay would drag them to the origin).
+    center_optimizer = torch.optim.SGD(center_loss.parameters(), lr=cfg.center_lr) if cfg.center_update == "sgd" else None
+    scheduler = torch.optim.lr_scheduler.StepLR(net_optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    return Parts(model, center_loss, net_optimizer, center_optimizer, scheduler)
+
+
+# ---------- one epoch ----------
+
+@dataclass
+class EpochResult:
+    nll: float
+    center_loss: float
+    accuracy: float  # percent
+    features: torch.Tensor  # (N, feat_dim) float32 on the CPU, in dataset order, as seen while training
+    step_losses: list = field(default_factory=list)  # (nll, center) per step, only if asked for
+
+
+def train_one_epoch(parts: Parts, train: Split, cfg: Config, generator: torch.Generator, speed: Speed, *,
+                    epoch: int, record_steps: bool = False, show_progress: bool = True) -> EpochResult:
+    """One pass over `train` (already on the device) in a random order drawn from `generator` (a CPU generator).
+
+    Loss = NLL + center loss, where the features' share of the center-loss
+    gradient is scaled by lambda and the centers' is not (see centerloss.py).
+    On the CPU every step checks the loss is finite before the weights move;
+    on a GPU that check would stall the pipeline, so it runs once per epoch.
+    """
+    model, center_loss = parts.model, parts.center_loss
+    device = train.images.device
+    model.train()
+    order = torch.randperm(len(train), generator=generator).to(device)
+    totals = torch.zeros(3, device=device)  # nll * n, center * n, correct
+    features_seen = torch.empty(len(train), cfg.feat_dim, device=device)
+    check_each_step = device.type == "cpu"
+    step_losses = []
+    batches = order.split(cfg.batch_size)
+    bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not show_progress, dynamic_ncols=True)
+    for step, index in enumerate(bar, start=1):
+        images, labels = to_layout(train.images[index], speed), train.labels[index]
+        with autocast(device, speed):
+            features, log_probs = model(images)
+        nll = F.nll_loss(log_probs, labels)
+        pull = center_loss(scale_feature_grad(features, cfg.center_loss_weight), labels)
+        parts.net_optimizer.zero_grad(set_to_none=True)
+        if parts.center_optimizer:
+            parts.center_optimizer.zero_grad(set_to_none=True)
+        (nll + pull).backward()
+        if check_each_step and not torch.isfinite(nll + pull):
+            raise Diverged(f"loss became {float(nll + pull)} at epoch {epoch}, step {step} "
+                           f"(nll {float(nll):.4g}, center loss {float(pull):.4g})")
+        parts.net_optimizer.step()
+        if parts.center_optimizer:
+            parts.center_optimizer.step()
+        else:
+            center_loss.update_centers(features.detach().float(), labels)
+        with torch.no_grad():
+            n = labels.shape[0]
+            totals += torch.stack([nll.detach() * n, pull.detach() * n, (log_probs.argmax(1) == labels).sum().float()])
+            features_seen[index] = features.detach().float()
+        if record_steps:
+            step_losses.append((nll.item(), pull.item()))
+        if check_each_step and (step % 20 == 0 or step == len(batches)):
+            seen = min(step * cfg.batch_size, len(train))
+            bar.set_postfix(nll=f"{totals[0].item() / seen:.3f}", center=f"{totals[1].item() / seen:.3f}",
+                            acc=f"{100 * totals[2].item() / seen:.1f}%")
+    totals = totals.tolist()  # the one host sync of the epoch on a GPU
+    if not all(map(lambda v: v == v and abs(v) != float("inf"), totals[:2])):
+        raise Diverged(f"loss became non-finite during epoch {epoch} (nll sum {totals[0]:.4g}, center sum {totals[1]:.4g})")
+    n = len(train)
+    return EpochResult(totals[0] / n, totals[1] / n, 100 * totals[2] / n, features_seen.cpu(), step_losses)
+
+
+@torch.no_grad()
+def evaluate(model: LeNetsPP, split: Split, speed: Speed, batch_size: int = 1000) -> tuple:
+    """(nll, accuracy %, features (N, feat_dim) float32 on the CPU) in eval mode."""
+    model.eval()
+    device = split.images.device
+    nll_sum, correct, features = torch.zeros((), device=device), torch.zeros((), device=device), []
+    for start in range(0, len(split), batch_size):
+        images = to_layout(split.images[start:start + batch_size], speed)
+        labels = split.labels[start:start + batch_size]
+        with autocast(device, speed):
+            feats, log_probs = model(images)
+        nll_sum += F.nll_loss(log_probs, labels, reduction="sum")
+        correct += (log_probs.argmax(1) == labels).sum()
+        features.append(feats.float())
+    n = len(split)
+    return nll_sum.item() / n, 100 * correct.item() / n, torch.cat(features).cpu()

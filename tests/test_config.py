@@ -1,0 +1,83 @@
+"""Defaults < YAML file < flags, and every mistake is one clear line."""
+
+import pytest
+
+import config as configlib
+from config import Config, ConfigError
+from tests.conftest import REPO
+
+
+def resolve(argv):
+    return configlib.resolve(configlib.parse_unknown(configlib.make_parser("test"), argv))
+
+
+def test_every_field_has_a_doc_and_a_flag():
+    parser = configlib.make_parser("test")
+    flags = {s for a in parser._actions for s in a.option_strings}
+    for spec in configlib.fields(Config):
+        assert spec.metadata["doc"], spec.name
+        assert configlib.flag(spec.name) in flags
+
+
+def test_default_file_then_flags(tmp_path):
+    cfg, name = resolve([])
+    assert name == "default" and cfg.epochs == configlib.read_yaml(REPO / "configs/default.yaml")["epochs"]
+    path = tmp_path / "mine.yaml"
+    path.write_text("epochs: 7\ncenter_update: paper\ncenter_loss_weight: 0.1\n")
+    cfg, name = resolve(["--config", str(path), "--epochs", "3", "--center-update", "sgd", "--train-subset", "null"])
+    assert (name, cfg.epochs, cfg.center_update, cfg.center_loss_weight, cfg.train_subset) == ("mine", 3, "sgd", 0.1, None)
+    assert cfg.lr == Config().lr  # untouched fields keep the dataclass default
+
+
+@pytest.mark.parametrize("name", ["default", "seed", "paper", "softmax_only"])
+def test_shipped_configs_load(name):
+    cfg, _ = resolve(["--config", str(REPO / "configs" / f"{name}.yaml")])
+    assert isinstance(cfg, Config)
+    if name == "paper":
+        assert cfg.center_update == "paper" and cfg.center_alpha == 0.5
+    if name == "softmax_only":
+        assert cfg.center_loss_weight == 0
+    if name == "seed":
+        assert cfg.epochs == 150 and cfg.train_subset is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("center_los_weight: 1\n", "unknown config key 'center_los_weight'.*did you mean 'center_loss_weight'"),
+    ("epochs: ten\n", "'epochs' must be int"),
+    ("epochs: 2.5\n", "'epochs' must be int"),
+    ("lr: true\n", "'lr' must be float"),
+    ("lr: 0\n", r"'lr' must be > 0.0"),
+    ("center_loss_weight: -1\n", "'center_loss_weight' must be >= 0.0"),
+    ("center_alpha: 1.5\n", r"'center_alpha' must be in \(0.0, 1.0\]"),
+    ("center_alpha: 0\n", r"'center_alpha' must be in \(0.0, 1.0\]"),
+    ("epochs: 0\n", "'epochs' must be >= 1"),
+    ("batch_size: 0\n", "'batch_size' must be >= 1"),
+    ("feat_dim: 0\n", "'feat_dim' must be >= 1"),
+    ("center_update: momentum\n", "'center_update' must be one of sgd, paper"),
+    ("- a\n- b\n", "mapping"),
+    ("epochs: [\n", "not valid YAML"),
+])
+def test_bad_file_values(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        resolve(["--config", str(path)])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "x"], "'epochs' must be int"),
+    (["--center-loss-weight", "-0.5"], "'center_loss_weight' must be >= 0"),
+    (["--center-los-weight", "1"], "unknown option --center-los-weight.*did you mean '--center-loss-weight'"),
+    (["--config", "nope.yaml"], "does not exist"),
+])
+def test_bad_flags(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(argv)
+
+
+def test_cli_bad_config_exits_2_with_one_line_and_creates_nothing(run, tmp_path):
+    proc = run("train.py", "--lr", "-1", "--output-dir", tmp_path / "out")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "'lr' must be > 0" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "out").exists()

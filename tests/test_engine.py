@@ -1,0 +1,105 @@
+"""The training step against a plain, independently written reference loop."""
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import engine
+from centerloss import CenterLoss
+from config import Config
+from data import Split
+from nets import LeNetsPP
+
+
+def tiny_split(n=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Split(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def reference_losses(cfg, split, steps):
+    """The textbook recipe (as in the popular PyTorch repo): loss = nll + lambda * L_c,
+    then undo lambda on the center gradients by dividing by it. Contiguous
+    memory, fp32, one optimizer call at a time."""
+    torch.manual_seed(cfg.seed)
+    model = LeNetsPP(feat_dim=cfg.feat_dim)
+    centers = CenterLoss(10, cfg.feat_dim)
+    net_opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    center_opt = torch.optim.SGD(centers.parameters(), lr=cfg.center_lr)
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(cfg.seed))
+    losses = []
+    model.train()
+    for index in order.split(cfg.batch_size)[:steps]:
+        features, log_probs = model(split.images[index])
+        nll = F.nll_loss(log_probs, split.labels[index])
+        pull = centers(features, split.labels[index])
+        net_opt.zero_grad()
+        center_opt.zero_grad()
+        (nll + cfg.center_loss_weight * pull).backward()
+        centers.centers.grad /= cfg.center_loss_weight
+        net_opt.step()
+        center_opt.step()
+        losses.append((nll.item(), pull.item()))
+    return losses, model, centers
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fast_path_matches_the_reference_loop(channels_last):
+    cfg = dataclasses.replace(Config(), batch_size=50, center_loss_weight=0.3, bf16="off",
+                              channels_last="on" if channels_last else "off")
+    split = tiny_split()
+    expected, ref_model, ref_centers = reference_losses(cfg, split, steps=6)
+    speed = engine.resolve_speed(cfg, torch.device("cpu"))
+    assert speed.channels_last == channels_last and not speed.bf16
+    torch.manual_seed(cfg.seed)
+    parts = engine.build_parts(cfg, torch.device("cpu"), speed)
+    result = engine.train_one_epoch(parts, split, cfg, torch.Generator().manual_seed(cfg.seed), speed, epoch=1,
+                                    record_steps=True, show_progress=False)
+    got = result.step_losses
+    assert len(got) == 6
+    for (nll, pull), (ref_nll, ref_pull) in zip(got, expected):
+        assert nll == pytest.approx(ref_nll, rel=1e-4, abs=1e-5)
+        assert pull == pytest.approx(ref_pull, rel=1e-4, abs=1e-5)
+    assert torch.allclose(parts.center_loss.centers, ref_centers.centers, atol=1e-4)
+    assert result.features.shape == (300, 2)
+
+
+def test_bf16_path_stays_close_to_fp32():
+    split = tiny_split()
+    runs = []
+    for bf16 in ("off", "on"):
+        cfg = dataclasses.replace(Config(), batch_size=50, bf16=bf16, channels_last="on")
+        speed = engine.resolve_speed(cfg, torch.device("cpu"))
+        torch.manual_seed(0)
+        parts = engine.build_parts(cfg, torch.device("cpu"), speed)
+        runs.append(engine.train_one_epoch(parts, split, cfg, torch.Generator().manual_seed(0), speed, epoch=1,
+                                           record_steps=True, show_progress=False).step_losses)
+    for (nll32, _), (nll16, _) in zip(*runs):
+        assert nll16 == pytest.approx(nll32, rel=0.05)
+
+
+def test_paper_mode_moves_centers_by_eq4_only():
+    cfg = dataclasses.replace(Config(), batch_size=300, center_update="paper", bf16="off", channels_last="off")
+    speed = engine.resolve_speed(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    parts = engine.build_parts(cfg, torch.device("cpu"), speed)
+    assert parts.center_optimizer is None
+    before = parts.center_loss.centers.detach().clone()
+    split = tiny_split()
+    parts.model.train()
+    with torch.no_grad():
+        order = torch.randperm(300, generator=torch.Generator().manual_seed(0))
+        features, _ = parts.model(split.images[order])
+    expected = CenterLoss(10, 2, update="paper", alpha=cfg.center_alpha)
+    expected.centers.data.copy_(before)
+    expected.update_centers(features, split.labels[order])
+    engine.train_one_epoch(parts, split, cfg, torch.Generator().manual_seed(0), speed, epoch=1, show_progress=False)
+    assert torch.allclose(parts.center_loss.centers, expected.centers, atol=1e-5)
+
+
+def test_cuda_request_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        engine.pick_device("cuda")

@@ -1,0 +1,183 @@
+"""Fault injection: kills, divergence, bad run folders, unsafe checkpoints.
+Each test shows that finished work survives and the user is told what to do."""
+
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import QUICK, REPO, run_cli
+from tests.test_cli import read_rows, without_time
+
+# Long enough epochs (40 steps) that a signal lands mid-epoch.
+LONGER = ["--dataset", "mnist-sample", "--train-subset", "2000", "--batch-size", "50", "--epochs", "3"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    work = tmp_path_factory.mktemp("ref")
+    run_cli("train.py", *LONGER, "--run-name", "r", cwd=work, check=0)
+    return work / "outputs" / "r"
+
+
+def start_and_signal(work, sig, rng):
+    """Start a run, wait for epoch 1 to finish, then send `sig` at a random moment of epoch 2."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *LONGER, "--run-name", "r"], cwd=work, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if line.startswith("epoch 1/3 |"):
+            break
+    time.sleep(rng.uniform(0.2, 1.5))
+    proc.send_signal(sig)
+    if sig == signal.SIGKILL:
+        # Its frame worker may hold the pipe open a moment longer; the exit code is all we need.
+        code = proc.wait(timeout=60)
+        proc.stdout.close()
+        return code, "".join(output)
+    output.append(proc.stdout.read())
+    return proc.wait(timeout=120), "".join(output)
+
+
+def assert_folder_whole(run_dir):
+    """Every file that exists can be read in full."""
+    read_rows(run_dir)
+    torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    for npz in (run_dir / "embeddings").glob("epoch_*.npz"):
+        with np.load(npz) as data:
+            [data[key] for key in data.files]
+    for png in (run_dir / "frames").glob("*.png"):
+        with Image.open(png) as image:
+            image.load()
+
+
+def assert_same_result(run_dir, reference):
+    assert without_time(read_rows(run_dir)) == without_time(read_rows(reference))
+    ours = torch.load(run_dir / "checkpoint.pt", weights_only=True)["parts"]["model"]
+    theirs = torch.load(reference / "checkpoint.pt", weights_only=True)["parts"]["model"]
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+def test_killed_run_resumes_to_the_same_result(tmp_path, reference, sig):
+    code, output = start_and_signal(tmp_path, sig, random.Random(sig))
+    run_dir = tmp_path / "outputs" / "r"
+    if sig == signal.SIGINT:
+        assert code == 130, output
+        assert f"resume with: python train.py --resume {os.path.join('outputs', 'r')}" in output
+        assert (run_dir / "features.gif").is_file()  # the GIF of the finished epochs
+    else:
+        assert code == -signal.SIGKILL
+    assert_folder_whole(run_dir)
+    assert len(read_rows(run_dir)) >= 1
+    run_cli("train.py", "--resume", run_dir, cwd=tmp_path, check=0)
+    assert_same_result(run_dir, reference)
+    assert not list(run_dir.rglob(".*tmp*"))  # no temporary file left behind
+
+
+def test_divergence_stops_with_epoch_and_step(run, tmp_path):
+    proc = run("train.py", *QUICK, "--epochs", "2", "--lr", "1e6", "--run-name", "d")
+    assert proc.returncode == 3
+    message = next(line for line in proc.stdout.splitlines() if line.startswith("error:"))
+    assert "epoch 1, step" in message and "lower --center-loss-weight" in message and "--lr" in message
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_divergence_keeps_the_last_good_epoch(tmp_path, monkeypatch, capsys):
+    """Diverge in epoch 2 (injected): epoch 1's checkpoint, frame and GIF stay."""
+    import engine
+    import train
+    real = engine.train_one_epoch
+
+    def failing(*args, epoch, **kwargs):
+        if epoch == 2:
+            raise engine.Diverged("loss became nan at epoch 2, step 3")
+        return real(*args, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", failing)
+    monkeypatch.chdir(tmp_path)
+    assert train.main([*QUICK, "--epochs", "3", "--run-name", "d"]) == 3
+    run_dir = tmp_path / "outputs" / "d"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert [r["epoch"] for r in read_rows(run_dir)] == ["1"]
+    assert (run_dir / "frames" / "epoch_001.png").is_file() and (run_dir / "features.gif").is_file()
+    assert "epoch 2, step 3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    (lambda d: None, ["--resume", "outputs/nope"], "no such folder"),
+    (lambda d: (d / "outputs" / "empty").mkdir(parents=True), ["--resume", "outputs/empty"], "no checkpoint.pt"),
+    (lambda d: (d / "blocker").write_text(""), ["--output-dir", "blocker/runs"], "cannot write to blocker"),
+])
+def test_bad_run_folders_are_refused(run, tmp_path, setup, args, message):
+    setup(tmp_path)
+    proc = run("train.py", *QUICK, *args) if "--resume" not in args else run("train.py", *args)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    work = tmp_path_factory.mktemp("one")
+    run_cli("train.py", *QUICK, "--epochs", "1", "--run-name", "r", cwd=work, check=0)
+    return work
+
+
+def test_existing_run_is_never_overwritten(one_epoch):
+    before = (one_epoch / "outputs" / "r" / "checkpoint.pt").read_bytes()
+    proc = run_cli("train.py", *QUICK, "--epochs", "1", "--run-name", "r", cwd=one_epoch)
+    assert proc.returncode == 2 and "already exists" in proc.stderr and "--resume" in proc.stderr
+    assert (one_epoch / "outputs" / "r" / "checkpoint.pt").read_bytes() == before
+
+
+def test_finished_run_needs_more_epochs_to_resume(one_epoch):
+    proc = run_cli("train.py", "--resume", "outputs/r", cwd=one_epoch)
+    assert proc.returncode == 2 and "--epochs" in proc.stderr
+
+
+def test_resume_refuses_to_change_the_maths(one_epoch):
+    proc = run_cli("train.py", "--resume", "outputs/r", "--center-loss-weight", "2", cwd=one_epoch)
+    assert proc.returncode == 2 and "--center-loss-weight cannot change when resuming" in proc.stderr
+
+
+def test_incompatible_checkpoint_is_refused(one_epoch, tmp_path):
+    import shutil
+    run_dir = tmp_path / "r"
+    shutil.copytree(one_epoch / "outputs" / "r", run_dir)
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    state["config"]["feat_dim"] = 3
+    torch.save(state, run_dir / "checkpoint.pt")
+    proc = run_cli("train.py", "--resume", run_dir, "--epochs", "2", cwd=tmp_path)
+    assert proc.returncode == 2 and "does not fit this model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def test_malicious_checkpoint_is_refused(one_epoch, tmp_path):
+    import shutil
+    run_dir = tmp_path / "r"
+    shutil.copytree(one_epoch / "outputs" / "r", run_dir)
+    with open(run_dir / "checkpoint.pt", "wb") as handle:
+        pickle.dump({"format": 1, "epoch": Exploit()}, handle)
+    proc = run_cli("train.py", "--resume", run_dir, "--epochs", "2", cwd=tmp_path)
+    assert proc.returncode == 2 and "refusing to load" in proc.stderr
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+def test_keep_every_kth_embedding(tmp_path):
+    run_cli("train.py", *QUICK, "--epochs", "3", "--embeddings-every", "2", "--run-name", "k", cwd=tmp_path, check=0)
+    run_dir = tmp_path / "outputs" / "k"
+    assert sorted(p.name for p in (run_dir / "embeddings").iterdir()) == ["epoch_002.npz", "epoch_003.npz"]
+    assert sorted(p.name for p in (run_dir / "frames").iterdir()) == ["epoch_001.png", "epoch_002.png", "epoch_003.png"]

@@ -1,0 +1,26 @@
+"""One short run on the real MNIST files, when a copy is at hand
+(CI sets CENTERLOSS_MNIST_DIR); skipped otherwise."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli
+
+MNIST_DIR = os.environ.get("CENTERLOSS_MNIST_DIR")
+
+
+@pytest.mark.skipif(not MNIST_DIR, reason="set CENTERLOSS_MNIST_DIR to a folder holding MNIST/raw to run this")
+def test_default_config_learns_on_real_mnist(tmp_path):
+    proc = run_cli("train.py", "--data-dir", MNIST_DIR, "--allow-sample-fallback", "false", "--train-subset", "12000",
+                   "--epochs", "1", "--run-name", "real", cwd=tmp_path, timeout=600, check=0)
+    run_dir = tmp_path / "outputs" / "real"
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["dataset"] == "mnist"
+    assert float(row["test_acc"]) > 80.0, proc.stdout  # the default recipe, 120 steps: well above chance
+    with np.load(run_dir / "embeddings" / "epoch_001.npz") as npz:
+        assert npz["test_features"].shape == (10000, 2) and npz["train_features"].shape == (12000, 2)
+    assert (run_dir / "features.gif").is_file()
