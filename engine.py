@@ -143,7 +143,8 @@ def train_one_epoch(parts: Parts, train: Split, cfg: Config, generator: torch.Ge
     check_each_step = device.type == "cpu"
     step_losses = []
     batches = order.split(cfg.batch_size)
-    bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not show_progress, dynamic_ncols=True)
+    bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, position=1,
+                disable=not show_progress, dynamic_ncols=True)
     for step, index in enumerate(bar, start=1):
         images, labels = to_layout(train.images[index], speed), train.labels[index]
         with autocast(device, speed):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from tqdm import tqdm
 
 import config as configlib
 import data as datalib
@@ -123,7 +124,9 @@ def fit(s: Session) -> int:
     renderer = visualize.BackgroundRenderer()
     limits_so_far = load_limits(s.run_dir, s.start_epoch)
     try:
-        for epoch in range(s.start_epoch, cfg.epochs + 1):
+        epochs = tqdm(range(s.start_epoch, cfg.epochs + 1), desc="epochs", unit="epoch", initial=s.start_epoch - 1,
+                      total=cfg.epochs, dynamic_ncols=True)
+        for epoch in epochs:
             started = time.perf_counter()
             lr = parts.net_optimizer.param_groups[0]["lr"]
             train = train_one_epoch(parts, s.dataset.train, cfg, s.generator, s.speed, epoch=epoch)
@@ -137,6 +140,7 @@ def fit(s: Session) -> int:
                                   epoch_seconds=round(seconds, 3)))
             runfiles.write_metrics(s.run_dir, s.metrics)
             runfiles.save_checkpoint(s.run_dir, checkpoint_state(s, epoch))
+            epochs.set_postfix(test_acc=f"{test_acc:.2f}%")
             s.log(f"epoch {epoch}/{cfg.epochs} | nll {train.nll:.3f} | center {train.center_loss:.3f} | "
                   f"train acc {train.accuracy:.1f}% | test acc {test_acc:.2f}% | {seconds:.1f} s")
     except KeyboardInterrupt:
