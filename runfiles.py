@@ -84,6 +84,9 @@ def existing_run_dir(path: str) -> Path:
     if not (run_dir / CHECKPOINT).is_file():
         raise RunError(f"cannot resume {run_dir}: it has no {CHECKPOINT} (no epoch finished); start a new run instead")
     check_writable(run_dir)
+    # A killed run can leave a temporary file mid-write: it was never renamed into place, so it holds nothing.
+    for stale in [*run_dir.rglob(".*.tmp*"), *run_dir.glob("embeddings/.epoch_*.frame-only.npz")]:
+        stale.unlink()
     return run_dir
 
 

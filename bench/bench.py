@@ -64,7 +64,6 @@ def run_seed(args) -> dict:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, Subset
@@ -110,7 +109,7 @@ def run_seed(args) -> dict:
         start = time.perf_counter()
         model.eval()
         with torch.no_grad():
-            test_feats = [model(images.to(device))[0].cpu().numpy() for images, _ in test_loader]
+            _ = [model(images.to(device))[0].cpu().numpy() for images, _labels in test_loader]
         eval_s.append(time.perf_counter() - start)
 
     trf, trl, tef, tel, centers = fake_embeddings()
@@ -127,7 +126,7 @@ def run_seed(args) -> dict:
             fig.savefig(f"{tmp}/frame.png")
             plt.close(fig)
         frame_s = (time.perf_counter() - start) / 3
-        frames = gif_input(tmp, REPO)
+        _, frames = gif_input(tmp)
         start = time.perf_counter()
         imageio.mimsave(f"{tmp}/seed.gif", frames, duration=200, loop=0)
         gif_s = time.perf_counter() - start
@@ -135,21 +134,22 @@ def run_seed(args) -> dict:
     return dict(train_s=train_s, eval_s=eval_s, frame_s=frame_s, gif_s=gif_s, gif_mb=gif_mb, peak_mb=peak_memory_mb(device))
 
 
-def gif_input(tmp, repo, count=150):
-    """150 frames for both GIF writers: ten real frames drawn by the app, cycled."""
+def gif_input(tmp, count=150):
+    """150 frames for both GIF writers: ten real frames drawn by the app, cycled.
+    Returns (PNG paths, pixel arrays)."""
     import imageio.v3 as iio
-    import numpy as np
 
     import visualize
     renderer = visualize.FrameRenderer()
     trf, trl, tef, tel, centers = fake_embeddings(6000, 2000)
-    distinct = []
+    paths, distinct = [], []
     for k in range(10):
         emb = dict(train_features=trf * (1 + 0.05 * k), train_labels=trl, test_features=tef * (1 + 0.05 * k),
                    test_labels=tel, centers=centers * (1 + 0.05 * k), title=f"epoch {k}")
-        renderer.draw(emb, visualize.square_limits([[-20, 20, -20, 20]]), Path(tmp) / f"in{k}.png")
-        distinct.append(iio.imread(Path(tmp) / f"in{k}.png")[..., :3])
-    return [distinct[i % 10] for i in range(count)]
+        paths.append(Path(tmp) / f"in{k}.png")
+        renderer.draw(emb, visualize.square_limits([[-20, 20, -20, 20]]), paths[-1])
+        distinct.append(iio.imread(paths[-1])[..., :3])
+    return [paths[i % 10] for i in range(count)], [distinct[i % 10] for i in range(count)]
 
 
 # ---------------------------------------------------------------- (b) app
@@ -194,13 +194,9 @@ def run_app(args) -> dict:
             renderer.draw(emb, limits, Path(tmp) / f"f{k}.png")
             times.append(time.perf_counter() - start)
         frame_s = statistics.median(times)
-        frames = gif_input(tmp, REPO)
-        paths = []
-        for k in range(10):
-            paths.append(Path(tmp) / f"in{k}.png")
-        cycled = [paths[i % 10] for i in range(len(frames))]
+        paths, _ = gif_input(tmp)
         start = time.perf_counter()
-        visualize.write_gif(cycled, Path(tmp) / "app.gif", duration_ms=200)
+        visualize.write_gif(paths, Path(tmp) / "app.gif", duration_ms=200)
         gif_s = time.perf_counter() - start
         gif_mb = os.path.getsize(Path(tmp) / "app.gif") / 2**20
     return dict(train_s=train_s, eval_s=eval_s, frame_s=frame_s, gif_s=gif_s, gif_mb=gif_mb,

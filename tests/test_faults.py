@@ -181,3 +181,14 @@ def test_keep_every_kth_embedding(tmp_path):
     run_dir = tmp_path / "outputs" / "k"
     assert sorted(p.name for p in (run_dir / "embeddings").iterdir()) == ["epoch_002.npz", "epoch_003.npz"]
     assert sorted(p.name for p in (run_dir / "frames").iterdir()) == ["epoch_001.png", "epoch_002.png", "epoch_003.png"]
+
+
+def test_resume_clears_half_written_leftovers(one_epoch, tmp_path):
+    import shutil
+    run_dir = tmp_path / "r"
+    shutil.copytree(one_epoch / "outputs" / "r", run_dir)
+    (run_dir / ".checkpoint.pt.tmp999").write_bytes(b"half a checkpoint")
+    (run_dir / "embeddings" / ".epoch_002.frame-only.npz").write_bytes(b"")
+    run_cli("train.py", "--resume", run_dir, "--epochs", "2", cwd=tmp_path, check=0)
+    assert not list(run_dir.rglob(".*"))
+    assert [r["epoch"] for r in read_rows(run_dir)] == ["1", "2"]
