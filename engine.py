@@ -1,6 +1,7 @@
 """What one epoch does: the training step, evaluation, and the choices of
 device and speed settings they run under. train.py strings these together."""
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Optional
@@ -174,7 +175,7 @@ def train_one_epoch(parts: Parts, train: Split, cfg: Config, generator: torch.Ge
             bar.set_postfix(nll=f"{totals[0].item() / seen:.3f}", center=f"{totals[1].item() / seen:.3f}",
                             acc=f"{100 * totals[2].item() / seen:.1f}%")
     totals = totals.tolist()  # the one host sync of the epoch on a GPU
-    if not all(map(lambda v: v == v and abs(v) != float("inf"), totals[:2])):
+    if not (math.isfinite(totals[0]) and math.isfinite(totals[1])):
         raise Diverged(f"loss became non-finite during epoch {epoch} (nll sum {totals[0]:.4g}, center sum {totals[1]:.4g})")
     n = len(train)
     return EpochResult(totals[0] / n, totals[1] / n, 100 * totals[2] / n, features_seen.cpu(), step_losses)
