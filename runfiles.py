@@ -35,9 +35,12 @@ class RunError(RuntimeError):
     """A run folder cannot be used as asked; one line naming the folder and the fix."""
 
 
+TEMP_GLOB = ".*.tmp*"  # what atomic_path's temporary names look like
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yields a temporary path beside `path`; on success renames it onto `path`."""
+    """Yields a temporary path beside `path` (matching TEMP_GLOB); on success renames it onto `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -85,7 +88,7 @@ def existing_run_dir(path: str) -> Path:
         raise RunError(f"cannot resume {run_dir}: it has no {CHECKPOINT} (no epoch finished); start a new run instead")
     check_writable(run_dir)
     # A killed run can leave a temporary file mid-write: it was never renamed into place, so it holds nothing.
-    for stale in [*run_dir.rglob(".*.tmp*"), *run_dir.glob("embeddings/.epoch_*.frame-only.npz")]:
+    for stale in [*run_dir.rglob(TEMP_GLOB), *run_dir.glob("embeddings/.epoch_*.frame-only.npz")]:
         stale.unlink()
     return run_dir
 
