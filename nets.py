@@ -1,9 +1,24 @@
 """LeNets++: the 2-D-feature CNN of Wen et al., "A Discriminative Feature
-Learning Approach for Deep Face Recognition", ECCV 2016 (Table 1)."""
+Learning Approach for Deep Face Recognition", ECCV 2016 (Table 1), with a
+choice of classifier head: the paper's linear layer, or the margin heads
+CosFace (Wang et al., CVPR 2018) and ArcFace (Deng et al., CVPR 2019)."""
+
+import math
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+HEADS = ("linear", "cosface", "arcface")
+# The papers' settings: CosFace s = 30, m = 0.35; ArcFace s = 30-64, m = 0.5.
+HEAD_DEFAULTS = {"cosface": (30.0, 0.35), "arcface": (30.0, 0.5)}
+
+
+def head_settings(kind: str, scale: Optional[float] = None, margin: Optional[float] = None) -> tuple:
+    """(scale, margin) with the papers' defaults filled in; (1, 0) for linear."""
+    default_scale, default_margin = HEAD_DEFAULTS.get(kind, (1.0, 0.0))
+    return float(default_scale if scale is None else scale), float(default_margin if margin is None else margin)
 
 
 def conv_stage(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -20,25 +35,91 @@ def conv_stage(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class LeNetsPP(nn.Module):
-    """Input (B, 1, 28, 28) normalised digits; output (features (B, feat_dim),
-    log-probabilities (B, num_classes)).
+class Head(nn.Module):
+    """Class logits from features (B, feat_dim) -> (B, num_classes), fp32.
 
-    Spatial size 28 -> 14 -> 7 -> 3 over the three stages, so the flattened
-    feature map has 128 * 3 * 3 = 1152 values.
+    linear:  w_k . x + b_k (the paper's softmax layer; bias optional)
+    cosface: s * cos(theta_k), and s * (cos(theta_y) - m) for the true class y
+    arcface: s * cos(theta_k), and s * cos(theta_y + m) for the true class y,
+             where theta_k is the angle between x and w_k.
+
+    The margin is applied only when `labels` are given (training); evaluation
+    and prediction use the plain logits. For the normalized heads the radius
+    of x carries no information: only its direction decides the class.
     """
 
-    def __init__(self, *, feat_dim: int = 2, num_classes: int = 10, classifier_bias: bool = False):
+    def __init__(self, feat_dim: int, num_classes: int, kind: str = "linear", *, bias: bool = False,
+                 scale: Optional[float] = None, margin: Optional[float] = None):
+        super().__init__()
+        if kind not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {kind!r}")
+        if bias and kind != "linear":
+            raise ValueError(f"a {kind} head has no bias (its logits are scaled cosines)")
+        self.kind = kind
+        self.scale, self.margin = head_settings(kind, scale, margin)
+        layer = nn.Linear(feat_dim, num_classes, bias=bias)  # borrowed for its initialisation
+        self.weight = layer.weight  # (num_classes, feat_dim)
+        self.bias = layer.bias
+
+    @property
+    def normalized(self) -> bool:
+        return self.kind != "linear"
+
+    def extra_repr(self) -> str:
+        text = f"kind={self.kind!r}, weight={tuple(self.weight.shape)}"
+        return text + (f", scale={self.scale:g}, margin={self.margin:g}" if self.normalized else f", bias={self.bias is not None}")
+
+    def cosines(self, features: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.normalize(features.float(), dim=1), F.normalize(self.weight.float(), dim=1))
+
+    def forward(self, features: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not self.normalized:
+            return F.linear(features, self.weight, self.bias).float()
+        cos = self.cosines(features)
+        if labels is None or self.margin == 0.0:
+            return self.scale * cos
+        target = cos.gather(1, labels.long().unsqueeze(1))
+        if self.kind == "cosface":
+            with_margin = target - self.margin
+        else:
+            # cos(theta + m) = cos(theta) cos(m) - sin(theta) sin(m). The clamp keeps
+            # the gradient finite at theta = 0 and pi, where sin(theta) = 0.
+            sin = torch.sqrt((1.0 - target * target).clamp(min=1e-9))
+            with_margin = target * math.cos(self.margin) - sin * math.sin(self.margin)
+            # Past theta + m = pi, cos(theta + m) would rise again and reward a worse
+            # angle; there we use the usual linear continuation, cos(theta) - m sin(m).
+            limit = math.cos(math.pi - self.margin)
+            with_margin = torch.where(target > limit, with_margin, target - self.margin * math.sin(self.margin))
+        return self.scale * cos.scatter(1, labels.long().unsqueeze(1), with_margin)
+
+
+class LeNetsPP(nn.Module):
+    """Input (B, 1, 28, 28) normalised digits; output (features (B, feat_dim),
+    log-probabilities (B, num_classes) fp32, without any margin).
+
+    Spatial size 28 -> 14 -> 7 -> 3 over the three stages, so the flattened
+    feature map has 128 * 3 * 3 = 1152 values. The training loss uses
+    `margin_log_probs`, which adds the head's margin for the true class.
+    """
+
+    def __init__(self, *, feat_dim: int = 2, num_classes: int = 10, classifier_bias: bool = False,
+                 head: str = "linear", head_scale: Optional[float] = None, head_margin: Optional[float] = None):
         super().__init__()
         self.stages = nn.Sequential(conv_stage(1, 32), conv_stage(32, 64), conv_stage(64, 128))
         self.embed = nn.Linear(128 * 3 * 3, feat_dim)
         # Without a bias the class logits are w_k . x, so every decision
         # boundary passes through the origin and the clusters radiate from it,
         # as in the paper's figures. With a bias the boundaries can shift.
-        self.classifier = nn.Linear(feat_dim, num_classes, bias=classifier_bias)
+        self.classifier = Head(feat_dim, num_classes, head, bias=classifier_bias, scale=head_scale, margin=head_margin)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.embed(torch.flatten(self.stages(images), 1))
-        logits = self.classifier(features)
         # log_softmax in fp32 even under autocast: NLL of bf16 logits is coarse.
-        return features, F.log_softmax(logits.float(), dim=1)
+        return features, F.log_softmax(self.classifier(features), dim=1)
+
+    def margin_log_probs(self, features: torch.Tensor, log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The log-probabilities the training loss uses: `log_probs` itself for
+        the linear head, the margin-adjusted ones (in fp32) for cosface/arcface."""
+        if not self.classifier.normalized or self.classifier.margin == 0.0:
+            return log_probs
+        return F.log_softmax(self.classifier(features.float(), labels), dim=1)

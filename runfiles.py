@@ -123,7 +123,9 @@ def load_checkpoint(run_dir: Path) -> dict:
 def write_metrics(run_dir: Path, rows: list) -> None:
     """The whole table, rewritten atomically each epoch (it is small)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0].keys()), lineterminator="\n")
+    # Rows written by an older version may lack newer columns: those cells stay empty.
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text(run_dir / METRICS, buffer.getvalue())

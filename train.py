@@ -12,13 +12,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 from tqdm import tqdm
 
 import config as configlib
 import data as datalib
+import metrics as metricslib
+import nets
+import report
 import runfiles
+import sweep as sweeplib
 import visualize
 from config import Config, ConfigError
 from data import DataError
@@ -45,37 +50,57 @@ class Session:
     log: RunLog
 
 
-def prepare(argv) -> Session:
-    """Parse, check and build everything; any bad input raises before a file is written."""
+def make_parser():
     parser = configlib.make_parser(__doc__.splitlines()[0])
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder after its last finished epoch")
-    args = configlib.parse_unknown(parser, argv)
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run (or sweep) in this folder after its last finished epoch")
+    parser.add_argument("--sweep", metavar="KEY=V1,V2,...", action="append",
+                        help="train one run per value into outputs/<sweep>/<KEY=V>/ and draw them side by side; "
+                             "repeat for a grid of every combination")
+    return parser
+
+
+def resume_overrides(args) -> dict:
+    """The flags given with --resume; anything but RESUMABLE_OVERRIDES is refused."""
+    changed = [name for name in configlib.field_names() if hasattr(args, name) and name not in RESUMABLE_OVERRIDES]
+    if changed or hasattr(args, "config") or getattr(args, "sweep", None):
+        bad = configlib.flag(changed[0]) if changed else ("--config" if hasattr(args, "config") else "--sweep")
+        raise ConfigError(f"{bad} cannot change when resuming (the run keeps its config.yaml); "
+                          f"only {', '.join(map(configlib.flag, RESUMABLE_OVERRIDES))} may be given with --resume")
+    return {name: getattr(args, name) for name in RESUMABLE_OVERRIDES if hasattr(args, name)}
+
+
+def resumed_config(run_dir: Path, overrides: dict) -> tuple:
+    """(config, checkpoint) of a run folder, with the resumable overrides applied."""
+    checkpoint = runfiles.load_checkpoint(run_dir)
+    cfg = configlib.build(overrides, from_text=True, base=configlib.build(checkpoint["config"]))
+    return cfg, checkpoint
+
+
+def prepare(args) -> Session:
+    """Check and build everything for one run; any bad input raises before a file is written."""
     resume_dir = getattr(args, "resume", None)
-    checkpoint = None
     if resume_dir:
-        changed = [name for name in configlib.field_names() if hasattr(args, name) and name not in RESUMABLE_OVERRIDES]
-        if changed or hasattr(args, "config"):
-            bad = configlib.flag(changed[0]) if changed else "--config"
-            raise ConfigError(f"{bad} cannot change when resuming (the run keeps its config.yaml); "
-                              f"only {', '.join(map(configlib.flag, RESUMABLE_OVERRIDES))} may be given with --resume")
         run_dir = runfiles.existing_run_dir(resume_dir)
-        checkpoint = runfiles.load_checkpoint(run_dir)
-        saved = configlib.build(checkpoint["config"])
-        overrides = {name: getattr(args, name) for name in RESUMABLE_OVERRIDES if hasattr(args, name)}
-        cfg = configlib.build(overrides, from_text=True, base=saved)
+        cfg, checkpoint = resumed_config(run_dir, resume_overrides(args))
         if checkpoint["epoch"] >= cfg.epochs:
             raise RunError(f"{run_dir} already finished all {cfg.epochs} epochs; pass --epochs N (N > {checkpoint['epoch']}) to train further")
-    else:
-        cfg, config_name = configlib.resolve(args)
-        runfiles.check_writable(Path(cfg.output_dir))
+        return open_session(cfg, checkpoint=checkpoint, run_dir=run_dir)
+    cfg, config_name = configlib.resolve(args)
+    runfiles.check_writable(Path(cfg.output_dir))
+    return open_session(cfg, config_name=config_name)
 
+
+def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[dict] = None,
+                 run_dir: Optional[Path] = None, dataset: Optional[datalib.Dataset] = None) -> Session:
+    """A new run (no checkpoint: a new folder under cfg.output_dir) or a resumed one.
+    `dataset` (on the CPU) saves reloading it for every member of a sweep."""
     device = pick_device(cfg.device)
     speed = resolve_speed(cfg, device)
     torch.set_num_threads(speed.threads)
-    dataset = datalib.load(cfg.dataset, cfg.data_dir, allow_sample_fallback=cfg.allow_sample_fallback,
-                           train_subset=cfg.train_subset)
+    if dataset is None:
+        dataset = load_dataset(cfg)
     cfg = dataclasses.replace(cfg, dataset=dataset.name)  # record what was really used
-    dataset.train, dataset.test = dataset.train.to(device), dataset.test.to(device)
+    dataset = dataclasses.replace(dataset, train=dataset.train.to(device), test=dataset.test.to(device))
 
     torch.manual_seed(cfg.seed)
     parts = build_parts(cfg, device, speed)
@@ -108,6 +133,11 @@ def prepare(argv) -> Session:
     return Session(cfg, run_dir, device, speed, dataset, parts, generator, start_epoch, metrics, log)
 
 
+def load_dataset(cfg: Config) -> datalib.Dataset:
+    return datalib.load(cfg.dataset, cfg.data_dir, allow_sample_fallback=cfg.allow_sample_fallback,
+                        train_subset=cfg.train_subset)
+
+
 def default_run_name(output_dir: str, config_name: str) -> str:
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{config_name}"
     suffix = 2
@@ -131,17 +161,21 @@ def fit(s: Session) -> int:
             train = train_one_epoch(parts, s.dataset.train, cfg, s.generator, s.speed, epoch=epoch)
             test_nll, test_acc, test_features = evaluate(parts.model, s.dataset.test, s.speed)
             parts.scheduler.step()
+            shape = metricslib.discriminativeness(test_features, s.dataset.test.labels.cpu(), parts.center_loss.centers.detach().cpu())
             limits_so_far.append(save_frame(s, renderer, epoch, train.features, test_features, test_acc, limits_so_far))
             seconds = time.perf_counter() - started
             s.metrics.append(dict(epoch=epoch, dataset=s.dataset.name, nll=round(train.nll, 6),
                                   center_loss=round(train.center_loss, 6), train_acc=round(train.accuracy, 4),
-                                  test_nll=round(test_nll, 6), test_acc=round(test_acc, 4), lr=lr,
-                                  epoch_seconds=round(seconds, 3)))
+                                  test_nll=round(test_nll, 6), test_acc=round(test_acc, 4),
+                                  nearest_center_acc=round(shape["nearest_center_acc"], 4),
+                                  intra=round(shape["intra"], 5), inter=round(shape["inter"], 5),
+                                  intra_inter_ratio=round(shape["ratio"], 5), lr=lr, epoch_seconds=round(seconds, 3)))
             runfiles.write_metrics(s.run_dir, s.metrics)
             runfiles.save_checkpoint(s.run_dir, checkpoint_state(s, epoch))
             epochs.set_postfix(test_acc=f"{test_acc:.2f}%")
             s.log(f"epoch {epoch}/{cfg.epochs} | nll {train.nll:.3f} | center {train.center_loss:.3f} | "
-                  f"train acc {train.accuracy:.1f}% | test acc {test_acc:.2f}% | {seconds:.1f} s")
+                  f"train acc {train.accuracy:.1f}% | test acc {test_acc:.2f}% | nearest-center {shape['nearest_center_acc']:.2f}% | "
+                  f"intra/inter {shape['ratio']:.3f} | {seconds:.1f} s")
     except KeyboardInterrupt:
         s.log(f"interrupted: every finished epoch is saved in {s.run_dir}")
         finish(s, renderer)
@@ -163,16 +197,27 @@ def save_frame(s: Session, renderer, epoch, train_features, test_features, test_
     keep = epoch % cfg.embeddings_every == 0 or epoch == cfg.epochs
     npz = s.run_dir / "embeddings" / (f"epoch_{epoch:03d}.npz" if keep else f".epoch_{epoch:03d}.frame-only.npz")
     title = (f"epoch {epoch}/{cfg.epochs}  ·  test acc {test_acc:.2f}%  ·  λ = {cfg.center_loss_weight:g}  ·  "
-             f"{cfg.center_update} centers  ·  {s.dataset.name}")
+             f"{cfg.center_update} centers  ·  {head_text(cfg)}  ·  {s.dataset.name}")
+    head = s.parts.model.classifier
     limits = visualize.save_embeddings(npz, epoch=epoch, epochs=cfg.epochs, train_features=train_features.numpy(),
                               train_labels=s.dataset.train.labels.cpu().numpy(), test_features=test_features.numpy(),
                               test_labels=s.dataset.test.labels.cpu().numpy(),
                               centers=s.parts.center_loss.centers.detach().float().cpu().numpy(),
-                              test_acc=test_acc, title=title)
+                              test_acc=test_acc, title=title, head=head.kind,
+                              head_weight=head.weight.detach().float().cpu().numpy(),
+                              head_bias=None if head.bias is None else head.bias.detach().float().cpu().numpy(),
+                              class_names=s.dataset.class_names)
     renderer.submit(str(npz), str(s.run_dir / "frames" / f"epoch_{epoch:03d}.png"),
-                    visualize.square_limits(limits_so_far + [limits]), max_points=cfg.frame_max_points,
+                    visualize.square_limits(limits_so_far + [limits]), options=visualize.FrameOptions.from_config(cfg),
                     delete_npz=not keep)
     return limits
+
+
+def head_text(cfg: Config) -> str:
+    if cfg.head == "linear":
+        return "linear head"
+    scale, margin = nets.head_settings(cfg.head, cfg.head_scale, cfg.head_margin)
+    return f"{cfg.head} s={scale:g} m={margin:g}"
 
 
 def load_limits(run_dir: Path, start_epoch: int) -> list:
@@ -192,15 +237,20 @@ def finish(s: Session, renderer) -> None:
         renderer.wait()
     finally:
         renderer.close()
-    gif = visualize.make_gif(s.run_dir, max_points=s.cfg.frame_max_points, duration_ms=s.cfg.frame_duration_ms,
-                             hold_last_ms=s.cfg.gif_hold_last_ms)
+    gif = visualize.make_gif(s.run_dir, options=visualize.FrameOptions.from_config(s.cfg),
+                             duration_ms=s.cfg.frame_duration_ms, hold_last_ms=s.cfg.gif_hold_last_ms)
     if gif:
-        s.log(f"wrote {gif} ({len(visualize.embedding_files(s.run_dir))} frames) and frames/epoch_*.png")
+        page = report.write_run_report(s.run_dir)
+        s.log(f"wrote {gif} ({len(visualize.embedding_files(s.run_dir))} frames), frames/epoch_*.png, metrics.png "
+              f"and {page} (open it in a browser)")
 
 
 def main(argv=None) -> int:
     try:
-        session = prepare(argv)
+        args = configlib.parse_unknown(make_parser(), argv)
+        if getattr(args, "sweep", None) or sweeplib.is_sweep(getattr(args, "resume", None)):
+            return sweeplib.main(args)
+        session = prepare(args)
     except (ConfigError, DataError, RunError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -6,6 +6,13 @@ retraining:
 
     python visualize.py outputs/<run>                 # every frame + features.gif
     python visualize.py outputs/<run> --split test --max-points 20000 --duration-ms 120
+    python visualize.py outputs/<run> --view angular --no-regions
+    python visualize.py outputs/<sweep>               # every member, then grid.gif / grid.png
+
+Two views: `plane` draws the features as they are, with the classifier's
+decision regions shaded behind them; `angular` (the default for the cosface
+and arcface heads, whose logits ignore the radius) draws each feature's
+direction on the unit circle and a histogram of the test angles per class.
 """
 
 import argparse
@@ -14,6 +21,7 @@ import multiprocessing
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -25,6 +33,9 @@ SPLITS = ("train", "test")
 # Colour-blind-safe, one fixed colour per digit for the whole run (matplotlib's tab10).
 DIGIT_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+VIEWS = ("plane", "angular")
+REGION_RESOLUTION = 240  # grid cells per side for the decision regions
+REGION_ALPHA = 0.16
 OUTLIER_QUANTILE = 0.002  # per side: a few stray points must not shrink the clusters to dots
 LIMIT_PADDING = 0.08
 
@@ -32,10 +43,12 @@ LIMIT_PADDING = 0.08
 # ---------- saving and loading embeddings ----------
 
 def save_embeddings(path: Path, *, epoch: int, epochs: int, train_features, train_labels, test_features,
-                    test_labels, centers, test_acc: float, title: str) -> np.ndarray:
+                    test_labels, centers, test_acc: float, title: str, head: str = "linear", head_weight=None,
+                    head_bias=None, class_names: Sequence[str] = tuple(map(str, range(10)))) -> np.ndarray:
     """Features are stored as float16 (about 0.35 MB per epoch for 70k 2-D
     points); `limits` (robust extent, from the fp32 values) lets the renderer
-    fix the axes for a whole run without reading every point again."""
+    fix the axes for a whole run without reading every point again. The
+    head's kind and weights (num_classes, feat_dim) let it shade decision regions."""
     arrays = dict(
         train_features=np.asarray(train_features, dtype=np.float16),
         train_labels=np.asarray(train_labels, dtype=np.uint8),
@@ -44,7 +57,12 @@ def save_embeddings(path: Path, *, epoch: int, epochs: int, train_features, trai
         centers=np.asarray(centers, dtype=np.float32),
         limits=robust_limits(np.concatenate([train_features[:, :2], test_features[:, :2]]), np.asarray(centers)[:, :2]),
         epoch=np.int32(epoch), epochs=np.int32(epochs), test_acc=np.float32(test_acc), title=np.str_(title),
+        head=np.str_(head), class_names=np.array(list(class_names), dtype=np.str_),
     )
+    if head_weight is not None:
+        arrays["head_weight"] = np.asarray(head_weight, dtype=np.float32)
+    if head_bias is not None:
+        arrays["head_bias"] = np.asarray(head_bias, dtype=np.float32)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
@@ -76,72 +94,181 @@ def square_limits(limits: Sequence[np.ndarray]) -> np.ndarray:
     return np.array([cx - half, cx + half, cy - half, cy + half])
 
 
+# ---------- decision regions ----------
+
+def class_scores(points: np.ndarray, head: str, weight: np.ndarray, bias: Optional[np.ndarray] = None) -> np.ndarray:
+    """The head's plain logits (no margin) for 2-D points (N, 2) -> (N, C), up to
+    a positive factor: w_k . x + b_k for linear, cos(angle(x, w_k)) otherwise."""
+    points = np.asarray(points, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    if head == "linear":
+        return points @ weight.T + (0.0 if bias is None else np.asarray(bias, dtype=np.float64))
+    unit = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+    return unit @ (weight / np.linalg.norm(weight, axis=1, keepdims=True)).T
+
+
+def decision_regions(limits, head: str, weight, bias=None, resolution: int = REGION_RESOLUTION) -> np.ndarray:
+    """(resolution, resolution) predicted class on a grid over `limits`, row 0 at the bottom."""
+    xs = np.linspace(limits[0], limits[1], resolution)
+    ys = np.linspace(limits[2], limits[3], resolution)
+    grid = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
+    return class_scores(grid, head, weight, bias).argmax(axis=1).reshape(resolution, resolution)
+
+
 # ---------- one frame ----------
 
-class FrameRenderer:
-    """One figure reused for every frame: per-digit artists get new data, the
-    figure is never rebuilt (that is most of matplotlib's cost per frame)."""
+@dataclass(frozen=True)
+class FrameOptions:
+    splits: tuple = SPLITS
+    max_points: Optional[int] = None
+    regions: bool = True
+    view: str = "auto"  # plane, angular, or auto (angular for cosface/arcface)
 
-    def __init__(self, splits: Sequence[str] = SPLITS):
+    @classmethod
+    def from_config(cls, cfg, **changes) -> "FrameOptions":
+        """From a Config or a saved config.yaml dict."""
+        get = (lambda key, default: cfg.get(key, default)) if isinstance(cfg, dict) else (lambda key, default: getattr(cfg, key))
+        values = dict(max_points=get("frame_max_points", None), regions=get("frame_regions", True),
+                      view=get("frame_view", "auto"))
+        values.update({key: value for key, value in changes.items() if value is not None})
+        return cls(**values)
+
+    def view_for(self, head: str) -> str:
+        if self.view != "auto":
+            return self.view
+        return "plane" if head == "linear" else "angular"
+
+
+def _subset(features, labels, max_points):
+    if max_points is not None and len(labels) > max_points:
+        # Same subset every epoch (embeddings are stored in dataset order), so points do not flicker.
+        keep = np.random.default_rng(0).choice(len(labels), max_points, replace=False)
+        return features[keep], labels[keep]
+    return features, labels
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)[:, :2]
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+class FrameRenderer:
+    """One figure reused for every frame: per-class artists get new data, the
+    figure is never rebuilt (that is most of matplotlib's cost per frame).
+
+    plane view: one panel per split, points, centers (stars), decision regions.
+    angular view: the same panels with every feature scaled to unit length, and
+    a third panel with the histogram of test angles per class; the dashed
+    lines are the directions of the head's class weights.
+    """
+
+    def __init__(self, options: FrameOptions = FrameOptions(), view: str = "plane"):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.colors import ListedColormap
         from matplotlib.lines import Line2D
 
-        self.splits = tuple(splits)
-        self.fig, axes = plt.subplots(1, len(self.splits), figsize=(5.6 * len(self.splits) + 1.6, 6.0), dpi=80,
-                                      squeeze=False)
+        self.options, self.view = options, view
+        self.splits = tuple(options.splits)
+        panels = len(self.splits) + (view == "angular")
+        self.fig, axes = plt.subplots(1, panels, figsize=(5.6 * panels + 1.6, 6.0), dpi=80, squeeze=False)
         self.axes = dict(zip(self.splits, axes[0]))
-        self.points, self.centers = {}, {}
+        self.points, self.centers, self.regions = {}, {}, {}
         for split, ax in self.axes.items():
             ax.set_aspect("equal", adjustable="box")
-            ax.set_xlabel("feature 1")
-            ax.set_ylabel("feature 2")
+            ax.set_xlabel("feature 1" if view == "plane" else "feature 1 / ‖feature‖")
+            ax.set_ylabel("feature 2" if view == "plane" else "feature 2 / ‖feature‖")
             ax.grid(True, linewidth=0.4, alpha=0.4)
-            # Line2D markers, one artist per digit: much faster than scatter for 60k points.
+            # Class colours at low alpha, drawn first; hidden until a head's weights are known.
+            self.regions[split] = ax.imshow(np.zeros((2, 2)), cmap=ListedColormap(DIGIT_COLOURS), vmin=-0.5, vmax=9.5,
+                                            alpha=REGION_ALPHA, origin="lower", interpolation="nearest", zorder=0,
+                                            visible=False, aspect="auto")
+            # Line2D markers, one artist per class: much faster than scatter for 60k points.
             self.points[split] = [ax.plot([], [], linestyle="none", marker=".", markersize=1.6, alpha=0.45,
                                           color=colour, rasterized=True)[0] for colour in DIGIT_COLOURS]
             # Centers sit on clusters of their own colour: a thick black outline keeps them visible.
             self.centers[split] = ax.scatter(np.zeros(10), np.zeros(10), s=260, marker="*", c=DIGIT_COLOURS,
                                              edgecolors="black", linewidths=1.8, zorder=5)
+            if view == "angular":
+                circle = np.linspace(0, 2 * np.pi, 361)
+                ax.plot(np.cos(circle), np.sin(circle), color="black", linewidth=0.6, alpha=0.5)
+        if view == "angular":
+            self.hist_ax = axes[0][-1]
+            self.hist_ax.set_xlabel("angle of the test features (degrees)")
+            self.hist_ax.set_ylabel("share of the class's test features")
+            self.hist_ax.set_xlim(-180, 180)
+            self.hist_ax.set_xticks(range(-180, 181, 60))
+            self.hist_ax.grid(True, linewidth=0.4, alpha=0.4)
+            self.bins = np.linspace(-180, 180, 145)
+            self.hists = [self.hist_ax.stairs(np.zeros(len(self.bins) - 1), self.bins, color=c, linewidth=1.2)
+                          for c in DIGIT_COLOURS]
+            self.weight_lines = [self.hist_ax.axvline(0, color=c, linestyle="--", linewidth=1.0) for c in DIGIT_COLOURS]
         handles = [Line2D([], [], linestyle="none", marker="o", markersize=8, color=c, label=str(d))
                    for d, c in enumerate(DIGIT_COLOURS)]
         handles.append(Line2D([], [], linestyle="none", marker="*", markersize=13, markerfacecolor="white",
                               markeredgecolor="black", label="center"))
-        self.fig.legend(handles=handles, loc="center right", title="digit", frameon=False)
+        self.legend = self.fig.legend(handles=handles, loc="center right", title="class", frameon=False)
         self.title = self.fig.suptitle("")
-        self.fig.subplots_adjust(left=0.06, right=1.0 - 1.3 / self.fig.get_figwidth(), top=0.86, bottom=0.1, wspace=0.25)
+        self.fig.subplots_adjust(left=0.06 * 2 / panels, right=1.0 - 1.9 / self.fig.get_figwidth(), top=0.86,
+                                 bottom=0.1, wspace=0.25)
 
-    def draw(self, emb: dict, limits: np.ndarray, out_path: Path, max_points: Optional[int] = None) -> None:
+    def draw(self, emb: dict, limits: np.ndarray, out_path: Path) -> None:
+        head = str(emb.get("head", "linear"))
+        angular = self.view == "angular"
+        if angular:
+            limits = np.array([-1.3, 1.3, -1.3, 1.3])
+        weight = emb.get("head_weight")
         for split in self.splits:
-            features, labels = emb[f"{split}_features"], emb[f"{split}_labels"]
-            if max_points is not None and len(labels) > max_points:
-                # Same subset every epoch (embeddings are stored in dataset order), so points do not flicker.
-                keep = np.random.default_rng(0).choice(len(labels), max_points, replace=False)
-                features, labels = features[keep], labels[keep]
+            features, labels = _subset(emb[f"{split}_features"], emb[f"{split}_labels"], self.options.max_points)
+            features = _unit(features) if angular else features
             for digit, line in enumerate(self.points[split]):
                 mine = features[labels == digit]
                 line.set_data(mine[:, 0], mine[:, 1])
-            self.centers[split].set_offsets(emb["centers"][:, :2])
+            centers = emb["centers"][:, :2]
+            self.centers[split].set_offsets(_unit(centers) if angular else centers)
             ax = self.axes[split]
             ax.set_xlim(limits[0], limits[1])
             ax.set_ylim(limits[2], limits[3])
             ax.set_title(f"{split} ({len(labels):,} points)")
+            image = self.regions[split]
+            show = self.options.regions and weight is not None and weight.shape[1] == 2
+            image.set_visible(show)
+            if show:
+                image.set_data(decision_regions(limits, head, weight, emb.get("head_bias")))
+                image.set_extent(tuple(limits))
+        if angular:
+            angles = np.degrees(np.arctan2(emb["test_features"][:, 1].astype(np.float32),
+                                           emb["test_features"][:, 0].astype(np.float32)))
+            top = 0.0
+            for digit, stairs in enumerate(self.hists):
+                mine = angles[emb["test_labels"] == digit]
+                counts = np.histogram(mine, self.bins)[0] / max(len(mine), 1)
+                stairs.set_data(counts)
+                top = max(top, counts.max(initial=0.0))
+            self.hist_ax.set_ylim(0, max(top * 1.1, 1e-3))
+            for digit, line in enumerate(self.weight_lines):
+                line.set_visible(weight is not None)
+                if weight is not None:
+                    line.set_xdata([np.degrees(np.arctan2(weight[digit, 1], weight[digit, 0]))] * 2)
+        names = [str(n) for n in emb.get("class_names", range(10))]
+        for text, name in zip(self.legend.get_texts(), names):
+            text.set_text(name)
         self.title.set_text(str(emb["title"]))
         with atomic_path(out_path) as tmp:
             self.fig.savefig(tmp, format="png")
 
 
 @functools.lru_cache(maxsize=4)
-def _renderer(splits: tuple) -> FrameRenderer:
-    """One renderer per worker process and split choice."""
-    return FrameRenderer(splits)
+def _renderer(options: FrameOptions, view: str) -> FrameRenderer:
+    """One renderer per worker process, options and view."""
+    return FrameRenderer(options, view)
 
 
-def render_frame(npz_path, png_path, limits, splits: Sequence[str] = SPLITS, max_points: Optional[int] = None,
-                 delete_npz: bool = False) -> str:
+def render_frame(npz_path, png_path, limits, options: FrameOptions = FrameOptions(), delete_npz: bool = False) -> str:
     """Draw one saved epoch; `delete_npz` for embeddings kept only long enough to draw them."""
-    _renderer(tuple(splits)).draw(load_embeddings(Path(npz_path)), np.asarray(limits), Path(png_path), max_points)
+    emb = load_embeddings(Path(npz_path))
+    _renderer(options, options.view_for(str(emb.get("head", "linear")))).draw(emb, np.asarray(limits), Path(png_path))
     if delete_npz:
         os.remove(npz_path)
     return str(png_path)
@@ -158,6 +285,10 @@ class BackgroundRenderer:
 
     def submit(self, *args, **kwargs) -> None:
         self.pending.append(self.pool.submit(render_frame, *args, **kwargs))
+
+    def submit_call(self, function, *args) -> None:
+        """Any picklable top-level drawing function (the sweep grid uses it)."""
+        self.pending.append(self.pool.submit(function, *args))
 
     def wait(self) -> list:
         done = [future.result() for future in self.pending]
@@ -199,7 +330,7 @@ def run_limits(files: Sequence[Path]) -> np.ndarray:
     return square_limits(per_epoch)
 
 
-def redraw(run_dir: Path, *, splits: Sequence[str] = SPLITS, max_points: Optional[int] = None,
+def redraw(run_dir: Path, *, options: FrameOptions = FrameOptions(),
            renderer: Optional[BackgroundRenderer] = None) -> list:
     """Redraw every frame that has saved embeddings with one set of axis
     limits for the whole run. Returns the frame paths in epoch order."""
@@ -214,7 +345,7 @@ def redraw(run_dir: Path, *, splits: Sequence[str] = SPLITS, max_points: Optiona
     renderer = renderer or BackgroundRenderer(workers=max(1, min(len(files) // 8, (os.cpu_count() or 1))))
     try:
         for npz, png in zip(files, pngs):
-            renderer.submit(str(npz), str(png), limits, tuple(splits), max_points)
+            renderer.submit(str(npz), str(png), limits, options)
         renderer.wait()
     finally:
         if own:
@@ -245,10 +376,10 @@ def write_gif(frame_paths: Sequence[Path], gif_path: Path, *, duration_ms: int =
                     duration=durations, loop=0, optimize=False)
 
 
-def make_gif(run_dir: Path, *, splits: Sequence[str] = SPLITS, max_points: Optional[int] = None,
-             duration_ms: int = 200, hold_last_ms: int = 1500, renderer: Optional[BackgroundRenderer] = None) -> Optional[Path]:
+def make_gif(run_dir: Path, *, options: FrameOptions = FrameOptions(), duration_ms: int = 200,
+             hold_last_ms: int = 1500, renderer: Optional[BackgroundRenderer] = None) -> Optional[Path]:
     """Redraw the frames with run-wide limits, then write `features.gif`."""
-    pngs = redraw(run_dir, splits=splits, max_points=max_points, renderer=renderer)
+    pngs = redraw(run_dir, options=options, renderer=renderer)
     if not pngs:
         return None
     gif = Path(run_dir) / "features.gif"
@@ -257,26 +388,42 @@ def make_gif(run_dir: Path, *, splits: Sequence[str] = SPLITS, max_points: Optio
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Redraw a run's frames and GIF from its saved embeddings.")
-    parser.add_argument("run_dir", type=Path, help="a run folder, e.g. outputs/20261123-120000-default")
+    parser = argparse.ArgumentParser(description="Redraw a run's (or a sweep's) frames, GIF and page from its saved embeddings.")
+    parser.add_argument("run_dir", type=Path, help="a run folder, e.g. outputs/20261123-120000-default, or a sweep folder")
     parser.add_argument("--split", choices=("both", "train", "test"), default="both", help="which panels to draw (default: both)")
-    parser.add_argument("--max-points", type=int, default=None, help="at most this many points per panel (default: all)")
+    parser.add_argument("--max-points", type=int, default=None, help="at most this many points per panel (default: the run's config)")
+    parser.add_argument("--view", choices=("auto",) + VIEWS, default=None,
+                        help="plane, or angular (unit circle + angle histogram); default: the run's config")
+    parser.add_argument("--regions", action=argparse.BooleanOptionalAction, default=None,
+                        help="shade the decision regions (default: the run's config)")
     parser.add_argument("--duration-ms", type=int, default=None, help="GIF milliseconds per frame (default: the run's config)")
     parser.add_argument("--hold-last-ms", type=int, default=None, help="GIF milliseconds for the last frame (default: the run's config)")
     args = parser.parse_args(argv)
-    if not embedding_files(args.run_dir):
-        print(f"error: no embeddings/epoch_*.npz in {args.run_dir}; pass a run folder made by train.py", file=sys.stderr)
-        return 2
+    import report
+    import sweep
     import yaml
-    saved = {}
-    if (args.run_dir / "config.yaml").is_file():
-        saved = yaml.safe_load((args.run_dir / "config.yaml").read_text()) or {}
-    splits = SPLITS if args.split == "both" else (args.split,)
-    max_points = args.max_points if args.max_points is not None else saved.get("frame_max_points")
-    gif = make_gif(args.run_dir, splits=splits, max_points=max_points,
-                   duration_ms=args.duration_ms or saved.get("frame_duration_ms", 200),
-                   hold_last_ms=args.hold_last_ms or saved.get("gif_hold_last_ms", 1500))
-    print(f"redrew {len(embedding_files(args.run_dir))} frames in {args.run_dir / 'frames'}; wrote {gif}")
+
+    if sweep.is_sweep(str(args.run_dir)):
+        runs = [args.run_dir / m["name"] for m in sweep.read_meta(args.run_dir)["members"]]
+    elif embedding_files(args.run_dir):
+        runs = [args.run_dir]
+    else:
+        print(f"error: no embeddings/epoch_*.npz in {args.run_dir}; pass a run or sweep folder made by train.py",
+              file=sys.stderr)
+        return 2
+    for run_dir in filter(embedding_files, runs):
+        saved = {}
+        if (run_dir / "config.yaml").is_file():
+            saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        options = FrameOptions.from_config(saved, splits=SPLITS if args.split == "both" else (args.split,),
+                                           max_points=args.max_points, view=args.view, regions=args.regions)
+        gif = make_gif(run_dir, options=options,
+                       duration_ms=args.duration_ms or saved.get("frame_duration_ms", 200),
+                       hold_last_ms=args.hold_last_ms or saved.get("gif_hold_last_ms", 1500))
+        page = report.write_run_report(run_dir)
+        print(f"redrew {len(embedding_files(run_dir))} frames in {run_dir / 'frames'}; wrote {gif} and {page}")
+    if runs != [args.run_dir]:
+        sweep.finish(args.run_dir)
     return 0
 
 

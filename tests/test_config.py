@@ -81,3 +81,24 @@ def test_cli_bad_config_exits_2_with_one_line_and_creates_nothing(run, tmp_path)
     assert proc.stderr.strip().count("\n") == 0 and "'lr' must be > 0" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--head-margin", "0.3"], "applies to the cosface and arcface heads"),
+    (["--head-scale", "10"], "applies to the cosface and arcface heads"),
+    (["--head", "arcface", "--classifier-bias", "true"], "has no bias"),
+    (["--head", "sphereface"], "must be one of linear, cosface, arcface"),
+    (["--head", "cosface", "--head-margin", "2"], "must be in [0.0, 1.5]"),
+])
+def test_head_settings_are_checked_together(argv, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        resolve(argv)
+
+
+def test_a_later_layer_may_fix_an_earlier_ones_head_setting(tmp_path):
+    path = tmp_path / "arc.yaml"
+    path.write_text("head: arcface\nhead_margin: 0.2\n")
+    cfg, _ = resolve(["--config", str(path)])
+    assert (cfg.head, cfg.head_margin) == ("arcface", 0.2)
+    cfg, _ = resolve(["--config", str(path), "--head", "cosface"])  # the margin now applies to cosface
+    assert (cfg.head, cfg.head_margin) == ("cosface", 0.2)

@@ -10,9 +10,9 @@ from data import DataError
 IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 
 
-def write_idx(folder, name, magic, count, item_shape=(), payload=None):
+def write_idx(folder, name, magic, count, item_shape=(), payload=None, kind="MNIST"):
     """A small IDX file as torchvision reads it (big-endian header)."""
-    raw = folder / "MNIST" / "raw"
+    raw = folder / kind / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     header = [magic, count, *item_shape]
     body = payload if payload is not None else bytes(int(np.prod(item_shape or (1,))) * count)
@@ -88,3 +88,45 @@ def test_train_falls_back_offline_and_records_it(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "outputs" / "off"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["dataset"] == "mnist-sample"
     assert "mnist-sample" in (run_dir / "metrics.csv").read_text().splitlines()[1]
+
+
+def write_small_set(folder, kind, train=40, test=20):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", train), ("t10k", test)):
+        write_idx(folder, f"{prefix}-images-idx3-ubyte", 2051, n, (28, 28), kind=kind,
+                  payload=rng.integers(0, 256, n * 784, dtype=np.uint8).tobytes())
+        write_idx(folder, f"{prefix}-labels-idx1-ubyte", 2049, n, kind=kind, payload=(np.arange(n) % 10).astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_through_torchvision(tmp_path):
+    write_small_set(tmp_path, "FashionMNIST")
+    result = datalib.load("fashion-mnist", str(tmp_path), allow_sample_fallback=True)
+    assert result.name == "fashion-mnist" and result.notice is None and (len(result.train), len(result.test)) == (40, 20)
+    assert result.class_names[0] == "T-shirt/top" and result.class_names[9] == "Ankle boot"
+    pixels = result.train.images * datalib.FASHION_STD + datalib.FASHION_MEAN  # its own normalisation
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+
+
+def test_fashion_mnist_offline_is_one_clear_error_not_a_silent_digit_run(tmp_path, monkeypatch):
+    fail_download(monkeypatch)
+    with pytest.raises(DataError, match="Fashion-MNIST is not in .*FashionMNIST/raw") as err:
+        datalib.load("fashion-mnist", str(tmp_path), allow_sample_fallback=True)
+    assert "\n" not in str(err.value)
+    write_idx(tmp_path, IMAGES, 2051, 3, (28, 28), payload=bytes(100), kind="FashionMNIST")
+    with pytest.raises(DataError, match="FashionMNIST file .* has 116 bytes.*delete"):
+        datalib.load("fashion-mnist", str(tmp_path), allow_sample_fallback=True)
+
+
+def test_train_on_fashion_mnist_names_the_classes(tmp_path, monkeypatch):
+    import yaml
+
+    import train
+    import visualize
+    write_small_set(tmp_path / "fm", "FashionMNIST", train=60, test=30)
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--dataset", "fashion-mnist", "--data-dir", "fm", "--epochs", "1", "--batch-size", "20",
+                       "--run-name", "f"]) == 0
+    run_dir = tmp_path / "outputs" / "f"
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["dataset"] == "fashion-mnist"
+    emb = visualize.load_embeddings(run_dir / "embeddings" / "epoch_001.npz")
+    assert list(emb["class_names"])[:2] == ["T-shirt/top", "Trouser"] and "fashion-mnist" in str(emb["title"])

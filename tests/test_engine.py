@@ -23,7 +23,7 @@ def reference_losses(cfg, split, steps):
     then undo lambda on the center gradients by dividing by it. Contiguous
     memory, fp32, one optimizer call at a time."""
     torch.manual_seed(cfg.seed)
-    model = LeNetsPP(feat_dim=cfg.feat_dim)
+    model = LeNetsPP(feat_dim=cfg.feat_dim, head=cfg.head, head_scale=cfg.head_scale, head_margin=cfg.head_margin)
     centers = CenterLoss(10, cfg.feat_dim)
     net_opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     center_opt = torch.optim.SGD(centers.parameters(), lr=cfg.center_lr)
@@ -32,22 +32,36 @@ def reference_losses(cfg, split, steps):
     model.train()
     for index in order.split(cfg.batch_size)[:steps]:
         features, log_probs = model(split.images[index])
-        nll = F.nll_loss(log_probs, split.labels[index])
-        pull = centers(features, split.labels[index])
+        labels = split.labels[index]
+        if cfg.head == "cosface":  # CosFace by hand: s * (cos - m) for the true class
+            cos = F.normalize(features, dim=1) @ F.normalize(model.classifier.weight, dim=1).T
+            margin = F.one_hot(labels, 10) * cfg.head_margin
+            log_probs = F.log_softmax(cfg.head_scale * (cos - margin), dim=1)
+        nll = F.nll_loss(log_probs, labels)
+        pull = centers(features, labels)
         net_opt.zero_grad()
         center_opt.zero_grad()
         (nll + cfg.center_loss_weight * pull).backward()
         centers.centers.grad /= cfg.center_loss_weight
+        if cfg.grad_clip is not None:  # by hand: scale every gradient by clip / total norm when above it
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            total = torch.sqrt(sum((g ** 2).sum() for g in grads))
+            for g in grads:
+                g.mul_(min(1.0, cfg.grad_clip / (float(total) + 1e-6)))
         net_opt.step()
         center_opt.step()
         losses.append((nll.item(), pull.item()))
     return losses, model, centers
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_fast_path_matches_the_reference_loop(channels_last):
+@pytest.mark.parametrize("channels_last, extra", [
+    (False, {}),
+    (True, {}),
+    (False, dict(head="cosface", head_scale=10.0, head_margin=0.3, grad_clip=1.0)),  # margin head + clipping
+])
+def test_fast_path_matches_the_reference_loop(channels_last, extra):
     cfg = dataclasses.replace(Config(), batch_size=50, center_loss_weight=0.3, bf16="off",
-                              channels_last="on" if channels_last else "off")
+                              channels_last="on" if channels_last else "off", **extra)
     split = tiny_split()
     expected, ref_model, ref_centers = reference_losses(cfg, split, steps=6)
     speed = engine.resolve_speed(cfg, torch.device("cpu"))

@@ -30,3 +30,87 @@ def test_bf16_autocast_keeps_fp32_log_probs():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         features, log_probs = model(torch.randn(2, 1, 28, 28))
     assert log_probs.dtype == torch.float32
+
+
+# ---------- margin heads against the papers' formulas ----------
+
+import math  # noqa: E402
+
+from nets import HEAD_DEFAULTS, Head  # noqa: E402
+
+
+def reference_logits(kind, features, weight, labels, s, m):
+    """Element by element with the math module: s*cos(theta_k); for the true
+    class s*(cos - m) (CosFace) or s*cos(theta + m), continued linearly as
+    s*(cos - m*sin(m)) once theta + m > pi (ArcFace)."""
+    out = []
+    for x, y in zip(features.tolist(), labels.tolist()):
+        row = []
+        for k, w in enumerate(weight.tolist()):
+            cos = sum(a * b for a, b in zip(x, w)) / (math.hypot(*x) * math.hypot(*w))
+            cos = max(-1.0, min(1.0, cos))
+            if k == y and kind == "cosface":
+                cos -= m
+            elif k == y and kind == "arcface":
+                theta = math.acos(cos)
+                cos = math.cos(theta + m) if theta + m <= math.pi else cos - m * math.sin(m)
+            row.append(s * cos)
+        out.append(row)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kind", ["cosface", "arcface"])
+def test_margin_heads_match_the_papers_formulas(kind):
+    torch.manual_seed(0)
+    head = Head(2, 10, kind, scale=16.0, margin=0.4)
+    features, labels = torch.randn(64, 2) * 5, torch.randint(0, 10, (64,))
+    got = head(features, labels).double()
+    expected = reference_logits(kind, features, head.weight.detach(), labels, 16.0, 0.4)
+    assert torch.allclose(got, expected, atol=1e-4)
+    plain = head(features).double()  # no labels: no margin (evaluation)
+    assert torch.allclose(plain, reference_logits(kind, features, head.weight.detach(), labels, 16.0, 0.0), atol=1e-4)
+    assert (got <= plain + 1e-5).all() and (got.gather(1, labels[:, None]) < plain.gather(1, labels[:, None])).all()
+
+
+def test_head_defaults_come_from_the_papers():
+    assert HEAD_DEFAULTS == {"cosface": (30.0, 0.35), "arcface": (30.0, 0.5)}
+    head = Head(2, 10, "arcface")
+    assert (head.scale, head.margin) == (30.0, 0.5)
+    with pytest.raises(ValueError, match="no bias"):
+        Head(2, 10, "cosface", bias=True)
+
+
+@pytest.mark.parametrize("kind", ["cosface", "arcface"])
+def test_margin_head_gradients_are_finite_at_the_angle_boundaries(kind):
+    """theta = 0 (feature on its class weight), theta = pi (opposite), theta = pi - m
+    (ArcFace's switch to the linear continuation), and a zero feature."""
+    head = Head(2, 3, kind, scale=30.0, margin=0.5)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    at_switch = [math.cos(math.pi - 0.5), math.sin(math.pi - 0.5)]
+    features = torch.tensor([[2.0, 0.0], [-2.0, 0.0], at_switch, [0.0, 0.0]], dtype=torch.float32, requires_grad=True)
+    labels = torch.tensor([0, 0, 0, 1])
+    loss = torch.nn.functional.cross_entropy(head(features, labels), labels)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(features.grad).all() and torch.isfinite(head.weight.grad).all()
+
+
+def test_arcface_target_logit_never_rises_as_the_angle_grows():
+    """The continuation past theta + m = pi keeps the target logit decreasing in theta."""
+    head = Head(2, 2, "arcface", scale=1.0, margin=0.5)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    angles = torch.linspace(0, math.pi, 721)
+    features = torch.stack([angles.cos(), angles.sin()], dim=1)
+    target = head(features, torch.zeros(721, dtype=torch.long))[:, 0]
+    assert (target[1:] <= target[:-1] + 1e-6).all()
+
+
+def test_linear_head_is_the_papers_softmax_layer():
+    model = LeNetsPP(classifier_bias=True)
+    features = torch.randn(4, 2)
+    expected = features @ model.classifier.weight.T + model.classifier.bias
+    assert torch.allclose(model.classifier(features), expected, atol=1e-6)
+    labels = torch.tensor([0, 1, 2, 3])
+    log_probs = torch.log_softmax(expected, 1)
+    assert model.margin_log_probs(features, log_probs, labels) is log_probs

@@ -1,0 +1,166 @@
+"""The sweep's grid: one panel per member (its test features), one picture per
+epoch with a shared epoch counter, stitched into grid.gif; grid.png is the
+final epoch. Drawn from the members' saved embeddings, so
+`python visualize.py outputs/<sweep>` can redo it without retraining.
+
+Layout: the first sweep axis runs across the columns, every combination of
+the other axes gets a row; a single long axis wraps after five panels. A
+`seed` axis is replication, not a condition: the grid shows the first seed
+only (results.md gives mean ± std over all of them).
+"""
+
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+import visualize
+from runfiles import atomic_path
+
+PANEL_INCHES = 3.1
+MAX_COLUMNS = 5
+
+
+def grid_members(meta: dict) -> dict:
+    """The sweep's meta with only the members the grid shows (first seed of a seed axis)."""
+    axes = [axis for axis in meta["axes"] if axis["key"] != "seed" or len(meta["axes"]) == 1]
+    if len(axes) == len(meta["axes"]):
+        return meta
+    first_seed = next(axis["values"][0] for axis in meta["axes"] if axis["key"] == "seed")
+    members = [{"name": m["name"], "values": {k: v for k, v in m["values"].items() if k != "seed"}}
+               for m in meta["members"] if m["values"]["seed"] == first_seed]
+    return {**meta, "axes": axes, "members": members, "seed_shown": first_seed}
+
+
+def layout(meta: dict) -> tuple:
+    axes = meta["axes"]
+    count = len(meta["members"])
+    if len(axes) == 1:
+        columns = min(count, MAX_COLUMNS)
+    else:
+        columns = len(axes[0]["values"])
+    return math.ceil(count / columns), columns
+
+
+def position(meta: dict, index: int) -> int:
+    """Flat panel index of member `index`: with several axes, the first axis
+    (which varies slowest in the member list) picks the column."""
+    if len(meta["axes"]) == 1:
+        return index
+    per_column = len(meta["members"]) // len(meta["axes"][0]["values"])
+    column, row = divmod(index, per_column)
+    return row * len(meta["axes"][0]["values"]) + column
+
+
+def _label(values: dict) -> str:
+    from sweep import value_text
+    return "  ".join(f"{'λ' if key == 'center_loss_weight' else key} = {value_text(value)}" for key, value in values.items())
+
+
+def member_frames(sweep_dir: Path, member: dict) -> dict:
+    """{epoch: npz path} and the member's fixed axis limits."""
+    files = visualize.embedding_files(Path(sweep_dir) / member["name"])
+    return {int(path.stem.split("_")[1]): path for path in files}
+
+
+def render_grid_frame(sweep_dir: str, meta: dict, epoch: int, last_epoch: int, plan: list, out_path: str,
+                      max_points: Optional[int], regions: bool) -> str:
+    """plan: per member (npz path or None, limits or None, stopped_text)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    rows, columns = layout(meta)
+    fig, axes = plt.subplots(rows, columns, figsize=(PANEL_INCHES * columns + 1.2, PANEL_INCHES * rows + 0.9),
+                             dpi=80, squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_axis_off()
+    dataset = ""
+    for index, member in enumerate(meta["members"]):
+        ax = axes.flat[position(meta, index)]
+        ax.set_axis_on()
+        npz, limits, note = plan[index]
+        if npz is None:
+            ax.set_title(f"{_label(member['values'])}\n{note or 'no epoch finished'}", fontsize=9)
+            continue
+        emb = visualize.load_embeddings(Path(npz))
+        head = str(emb.get("head", "linear"))
+        angular = visualize.FrameOptions().view_for(head) == "angular"
+        features, labels = visualize._subset(emb["test_features"], emb["test_labels"], max_points)
+        centers = emb["centers"][:, :2]
+        if angular:
+            features, centers, limits = visualize._unit(features), visualize._unit(centers), np.array([-1.3, 1.3, -1.3, 1.3])
+            circle = np.linspace(0, 2 * np.pi, 361)
+            ax.plot(np.cos(circle), np.sin(circle), color="black", linewidth=0.5, alpha=0.5)
+        weight = emb.get("head_weight")
+        if regions and weight is not None and weight.shape[1] == 2:
+            ax.imshow(visualize.decision_regions(limits, head, weight, emb.get("head_bias"), resolution=160),
+                      cmap=ListedColormap(visualize.DIGIT_COLOURS), vmin=-0.5, vmax=9.5, alpha=visualize.REGION_ALPHA,
+                      origin="lower", interpolation="nearest", extent=tuple(limits), aspect="auto", zorder=0)
+        for digit, colour in enumerate(visualize.DIGIT_COLOURS):
+            mine = features[labels == digit]
+            ax.plot(mine[:, 0], mine[:, 1], linestyle="none", marker=".", markersize=1.0, alpha=0.4, color=colour,
+                    rasterized=True)
+        ax.scatter(centers[:, 0], centers[:, 1], s=70, marker="*", c=visualize.DIGIT_COLOURS, edgecolors="black",
+                   linewidths=0.9, zorder=5)
+        ax.set_xlim(limits[0], limits[1])
+        ax.set_ylim(limits[2], limits[3])
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_title(f"{_label(member['values'])}\ntest {float(emb['test_acc']):.2f}%" + (f" · {note}" if note else ""),
+                     fontsize=9)
+        dataset = dataset or str(emb["title"]).split("·")[-1].strip()
+    seed = f"  ·  seed {meta['seed_shown']} of each setting" if "seed_shown" in meta else ""
+    fig.suptitle(f"epoch {epoch}/{last_epoch}  ·  test features  ·  {dataset}{seed}", fontsize=13)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    with atomic_path(Path(out_path)) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out_path
+
+
+def make_grid(sweep_dir: Path, *, max_points: Optional[int] = 4000, regions: bool = True, duration_ms: int = 300,
+              hold_last_ms: int = 2000) -> Optional[Path]:
+    """grid_frames/epoch_NNN.png for every epoch any member reached, grid.gif and grid.png.
+    A member that stopped early (diverged, interrupted) keeps its last picture, marked so."""
+    import sweep
+
+    sweep_dir = Path(sweep_dir)
+    meta = grid_members(sweep.read_meta(sweep_dir))
+    statuses = {row["member"]: row["status"] for row in sweep.read_summary(sweep_dir)}
+    frames = [member_frames(sweep_dir, member) for member in meta["members"]]
+    limits = [visualize.run_limits(list(f.values())) if f else None for f in frames]
+    last_epoch = max((max(f) for f in frames if f), default=0)
+    if last_epoch == 0:
+        return None
+    out_dir = sweep_dir / "grid_frames"
+    out_dir.mkdir(exist_ok=True)
+    renderer = visualize.BackgroundRenderer(workers=max(1, min(2, os.cpu_count() or 1)))
+    pngs = []
+    try:
+        for epoch in range(1, last_epoch + 1):
+            plan = []
+            for member, available, member_limits in zip(meta["members"], frames, limits):
+                earlier = [e for e in available if e <= epoch]
+                if not earlier:
+                    plan.append((None, None, statuses.get(member["name"], "")))
+                    continue
+                shown = max(earlier)
+                stopped = shown == max(available) and shown < epoch
+                note = f"{statuses.get(member['name'], 'stopped')} after epoch {shown}" if stopped else ""
+                plan.append((str(available[shown]), member_limits, note))
+            png = out_dir / f"epoch_{epoch:03d}.png"
+            renderer.submit_call(render_grid_frame, str(sweep_dir), meta, epoch, last_epoch, plan, str(png),
+                                 max_points, regions)
+            pngs.append(png)
+        renderer.wait()
+    finally:
+        renderer.close()
+    visualize.write_gif(pngs, sweep_dir / "grid.gif", duration_ms=duration_ms, hold_last_ms=hold_last_ms)
+    with atomic_path(sweep_dir / "grid.png") as tmp:
+        tmp.write_bytes(pngs[-1].read_bytes())
+    return sweep_dir / "grid.gif"

@@ -1,0 +1,272 @@
+"""What a person opens after a run: metrics.png (the numbers per epoch, drawn)
+and index.html (a page that works straight from disk, no server: the GIF, an
+epoch slider over the frames, the metrics and the resolved config). Sweeps get
+the same, with the grid and a table of the members.
+
+    python visualize.py outputs/<run>     # also redraws these
+"""
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+import runfiles
+from runfiles import atomic_path
+
+LINE_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                "#bcbd22", "#17becf"]
+
+
+def _column(rows: list, name: str):
+    values = [row.get(name, "") for row in rows]
+    if not values or any(v in ("", None) for v in values):
+        return None
+    return np.array([float(v) for v in values])
+
+
+# ---------- metrics.png ----------
+
+def draw_metrics(run_dir: Path) -> Path:
+    """Accuracy, losses, intra/inter distances and their ratio, one panel each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = runfiles.read_metrics(run_dir)
+    epoch = _column(rows, "epoch")
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), dpi=80)
+    panels = [
+        (axes[0, 0], "accuracy (%)", [("train_acc", "train (softmax)"), ("test_acc", "test (softmax)"),
+                                      ("nearest_center_acc", "test (nearest center)")], False),
+        (axes[0, 1], "loss", [("nll", "train NLL"), ("test_nll", "test NLL"), ("center_loss", "train center loss")], True),
+        (axes[1, 0], "distance in feature space", [("intra", "intra: mean ‖x − c_y‖ (test)"),
+                                                   ("inter", "inter: closest two centers")], True),
+        (axes[1, 1], "intra / inter (lower = more discriminative)", [("intra_inter_ratio", "intra / inter")], True),
+    ]
+    for ax, ylabel, series, log in panels:
+        for (name, label), colour in zip(series, LINE_COLOURS):
+            values = _column(rows, name)
+            if values is None:
+                continue
+            if log and (values > 0).all():
+                ax.set_yscale("log")
+            ax.plot(epoch, values, marker="o", markersize=3, color=colour, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, linewidth=0.4, alpha=0.5)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{Path(run_dir).name}: metrics per epoch")
+    fig.tight_layout()
+    out = Path(run_dir) / "metrics.png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
+
+
+def draw_sweep_metrics(sweep_dir: Path, members: list) -> Path:
+    """Test accuracy and intra/inter ratio per epoch, one line per member."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (acc_ax, ratio_ax) = plt.subplots(1, 2, figsize=(13, 5), dpi=80)
+    cmap = plt.get_cmap("viridis" if len(members) > 10 else "tab10")
+    for index, member in enumerate(members):
+        member_dir = Path(sweep_dir) / member["name"]
+        if not (member_dir / runfiles.METRICS).is_file():
+            continue
+        rows = runfiles.read_metrics(member_dir)
+        colour = cmap(index / max(len(members) - 1, 1)) if len(members) > 10 else cmap(index)
+        epoch = _column(rows, "epoch")
+        for ax, name in ((acc_ax, "test_acc"), (ratio_ax, "intra_inter_ratio")):
+            values = _column(rows, name)
+            if values is not None:
+                ax.plot(epoch, values, marker="o", markersize=3, color=colour, label=member["name"])
+    acc_ax.set_ylabel("test accuracy (%)")
+    ratio_ax.set_ylabel("intra / inter (lower = more discriminative)")
+    ratio_ax.set_yscale("log")
+    for ax in (acc_ax, ratio_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(True, linewidth=0.4, alpha=0.5)
+    if acc_ax.lines:
+        ratio_ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(f"{Path(sweep_dir).name}: every member")
+    fig.tight_layout()
+    out = Path(sweep_dir) / "metrics.png"
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
+
+
+# ---------- index.html ----------
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1400px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
+img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+.controls { display: flex; gap: 0.6em; align-items: center; margin: 0.5em 0; }
+.controls input[type=range] { flex: 1; max-width: 700px; }
+#epoch-label { font-variant-numeric: tabular-nums; min-width: 9em; font-weight: 600; }
+table { border-collapse: collapse; font-size: 0.9em; } td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+.note { color: #666; font-size: 0.9em; }
+"""
+
+# Plain JavaScript, no library: the page must work from file:// without a network.
+SCRIPT = """
+const frames = JSON.parse(document.getElementById("frame-data").textContent);
+const slider = document.getElementById("epoch-slider");
+const image = document.getElementById("frame");
+const label = document.getElementById("epoch-label");
+const caption = document.getElementById("frame-caption");
+let timer = null;
+function show(i) {
+  i = Math.max(0, Math.min(frames.length - 1, i));
+  slider.value = i;
+  image.src = frames[i].src;
+  label.textContent = "epoch " + frames[i].epoch + " / " + frames[frames.length - 1].epoch;
+  caption.textContent = frames[i].caption;
+}
+function step(d) { show(Number(slider.value) + d); }
+function togglePlay() {
+  const button = document.getElementById("play");
+  if (timer) { clearInterval(timer); timer = null; button.textContent = "play"; return; }
+  if (Number(slider.value) === frames.length - 1) show(0);
+  button.textContent = "pause";
+  timer = setInterval(() => { if (Number(slider.value) >= frames.length - 1) togglePlay(); else step(1); }, 250);
+}
+slider.addEventListener("input", () => show(Number(slider.value)));
+document.getElementById("prev").addEventListener("click", () => step(-1));
+document.getElementById("next").addEventListener("click", () => step(1));
+document.getElementById("play").addEventListener("click", togglePlay);
+document.addEventListener("keydown", (e) => {
+  if (e.key === "ArrowLeft") { step(-1); e.preventDefault(); }
+  if (e.key === "ArrowRight") { step(1); e.preventDefault(); }
+  if (e.key === "Home") { show(0); e.preventDefault(); }
+  if (e.key === "End") { show(frames.length - 1); e.preventDefault(); }
+});
+show(frames.length - 1);
+"""
+
+
+def _page(title: str, intro: str, frames: list, sections: str) -> str:
+    data = json.dumps(frames).replace("</", "<\\/")
+    last = len(frames) - 1
+    first_src = html.escape(frames[-1]["src"]) if frames else ""
+    stepper = f"""
+<h2>Epoch by epoch</h2>
+<div class="controls">
+  <button id="prev" title="previous epoch (←)">◀</button>
+  <input type="range" id="epoch-slider" min="0" max="{last}" value="{last}" aria-label="epoch">
+  <button id="next" title="next epoch (→)">▶</button>
+  <button id="play">play</button>
+  <span id="epoch-label"></span>
+</div>
+<p class="note">Drag the slider or use the arrow keys (Home/End for the first and last epoch).</p>
+<p id="frame-caption"></p>
+<img id="frame" src="{first_src}" alt="features at the chosen epoch">
+<script type="application/json" id="frame-data">{data}</script>
+<script>{SCRIPT}</script>""" if frames else "<p>No frames yet.</p>"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+{intro}
+{stepper}
+{sections}
+</body></html>
+"""
+
+
+def _table(header: list, rows: list) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value, digits=2) -> str:
+    try:
+        return f"{float(value):.{digits}f}"
+    except (TypeError, ValueError):
+        return html.escape(str(value))
+
+
+def write_run_page(run_dir: Path) -> Path:
+    """index.html of one run; images are referenced by relative path, so the
+    page works wherever the run folder is copied, opened from disk."""
+    run_dir = Path(run_dir)
+    rows = runfiles.read_metrics(run_dir) if (run_dir / runfiles.METRICS).is_file() else []
+    by_epoch = {int(row["epoch"]): row for row in rows}
+    frames = []
+    for png in sorted((run_dir / "frames").glob("epoch_*.png")):
+        epoch = int(png.stem.split("_")[1])
+        row = by_epoch.get(epoch, {})
+        caption = (f"test acc {_fmt(row.get('test_acc'))}% · nearest-center acc {_fmt(row.get('nearest_center_acc'))}% · "
+                   f"intra/inter {_fmt(row.get('intra_inter_ratio'), 3)}") if row else ""
+        frames.append({"epoch": epoch, "src": f"frames/{png.name}", "caption": caption})
+    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    last = rows[-1] if rows else {}
+    intro = (f"<p>{len(rows)} epochs finished · {html.escape(str(last.get('dataset', '')))} · final test accuracy "
+             f"{_fmt(last.get('test_acc'))}% · nearest-center {_fmt(last.get('nearest_center_acc'))}% · intra/inter "
+             f"{_fmt(last.get('intra_inter_ratio'), 3)}</p>") if rows else "<p>No epoch finished yet.</p>"
+    columns = ["epoch", "train_acc", "test_acc", "nearest_center_acc", "nll", "center_loss", "intra", "inter",
+               "intra_inter_ratio", "epoch_seconds"]
+    table = _table(columns, [[_fmt(row.get(c), 0 if c == "epoch" else 3) for c in columns] for row in rows])
+    sections = ""
+    if (run_dir / "features.gif").is_file():
+        sections += '<h2>Animation</h2><img src="features.gif" alt="every epoch, looping">'
+    if (run_dir / "metrics.png").is_file():
+        sections += '<h2>Metrics</h2><img src="metrics.png" alt="metrics per epoch">'
+    sections += f"<h2>Metrics table</h2>{table}<h2>Config</h2><pre>{html.escape(config_text)}</pre>"
+    sections += ('<p class="note">Reproduce with <code>python train.py --config config.yaml</code> from this folder\'s '
+                 "copy of the code; resume with <code>python train.py --resume " + html.escape(str(run_dir)) + "</code>.</p>")
+    out = run_dir / "index.html"
+    runfiles.write_text(out, _page(run_dir.name, intro, frames, sections))
+    return out
+
+
+def write_run_report(run_dir: Path) -> Path:
+    if (Path(run_dir) / runfiles.METRICS).is_file():
+        draw_metrics(run_dir)
+    return write_run_page(run_dir)
+
+
+def write_sweep_report(sweep_dir: Path) -> Path:
+    import sweep
+
+    sweep_dir = Path(sweep_dir)
+    meta = sweep.read_meta(sweep_dir)
+    rows = sweep.read_summary(sweep_dir)
+    draw_sweep_metrics(sweep_dir, meta["members"])
+    frames = [{"epoch": int(p.stem.split("_")[1]), "src": f"grid_frames/{p.name}", "caption": ""}
+              for p in sorted((sweep_dir / "grid_frames").glob("epoch_*.png"))]
+    keys = [axis["key"] for axis in meta["axes"]]
+    member_rows = []
+    for row in rows:
+        link = f'<a href="{html.escape(row["member"])}/index.html">{html.escape(row["member"])}</a>'
+        member_rows.append([link] + [html.escape(str(row[k])) for k in keys] +
+                           [html.escape(row["status"]), f"{row['epochs_done']}/{row['epochs']}", _fmt(row["test_acc"]),
+                            _fmt(row["nearest_center_acc"]), _fmt(row["intra_inter_ratio"], 3)])
+    table = _table(["member"] + keys + ["status", "epochs", "test acc %", "nearest-center %", "intra/inter"], member_rows)
+    results = (sweep_dir / "results.md").read_text() if (sweep_dir / "results.md").is_file() else ""
+    intro = (f"<p>Sweep over {html.escape(', '.join(keys))}: {len(meta['members'])} runs, "
+             f"{meta['config']['epochs']} epochs each. Each panel shows one run's test features.</p>")
+    sections = ""
+    if (sweep_dir / "grid.gif").is_file():
+        sections += '<h2>Animation</h2><img src="grid.gif" alt="every epoch of every run, looping">'
+    sections += f"<h2>Runs</h2>{table}"
+    if results:
+        sections += f"<h2>Results</h2><pre>{html.escape(results)}</pre>"
+    if (sweep_dir / "metrics.png").is_file():
+        sections += '<h2>Metrics</h2><img src="metrics.png" alt="test accuracy and ratio per epoch, every run">'
+    sections += f"<h2>Sweep</h2><pre>{html.escape((sweep_dir / sweep.SWEEP_FILE).read_text())}</pre>"
+    out = sweep_dir / "index.html"
+    runfiles.write_text(out, _page(sweep_dir.name, intro, frames, sections))
+    return out

@@ -1,0 +1,252 @@
+"""Sweeps: one run per value of a config field (or per combination of several),
+trained one after another into one folder and drawn side by side.
+
+    python train.py --sweep center_loss_weight=0,0.003,0.01,0.1,1
+    python train.py --sweep center_loss_weight=0,0.01 --sweep center_update=sgd,paper --sweep seed=0,1,2
+    python train.py --resume outputs/<sweep>          # finish the members that did not finish
+
+outputs/<sweep>/
+    sweep.yaml          the axes, the members and the shared config
+    <key=value>/        one ordinary run folder per member (see runfiles.py)
+    summary.csv         one row per member: status and final metrics
+    results.md          the same as a table; over a `seed` axis, mean ± std per setting
+    grid_frames/        one picture per epoch, a panel per member (test features)
+    grid.gif, grid.png  every epoch, and the final one
+    metrics.png         test accuracy and intra/inter ratio per epoch, a line per member
+    index.html          the sweep's page (open it in a browser)
+
+Members train one after another on the same device. A member that diverges is
+recorded as such and the sweep goes on; Ctrl-C stops the sweep after saving
+the current member's finished epochs, and --resume picks up where it stopped.
+"""
+
+import csv
+import dataclasses
+import io
+import itertools
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+import config as configlib
+import runfiles
+from config import ConfigError
+from runfiles import RunError
+
+SWEEP_FILE = "sweep.yaml"
+SUMMARY = "summary.csv"
+NOT_SWEEPABLE = ("output_dir", "run_name")
+FINAL_COLUMNS = ("test_acc", "nearest_center_acc", "intra", "inter", "intra_inter_ratio")
+
+
+def is_sweep(path: Optional[str]) -> bool:
+    return bool(path) and (Path(path) / SWEEP_FILE).is_file()
+
+
+def parse_axes(specs: list) -> list:
+    """["key=v1,v2", ...] -> [(key, [typed values]), ...], every value checked."""
+    axes = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not values.strip():
+            raise ConfigError(f"--sweep {spec!r} must look like KEY=V1,V2,... e.g. --sweep center_loss_weight=0,0.01,0.1")
+        if key in NOT_SWEEPABLE:
+            raise ConfigError(f"--sweep cannot vary {key!r}: the sweep names its members' folders itself")
+        if any(key == seen for seen, _ in axes):
+            raise ConfigError(f"--sweep names {key!r} twice; give all its values in one --sweep {key}=...")
+        texts = [v.strip() for v in values.split(",")]
+        if "" in texts:
+            raise ConfigError(f"--sweep {spec!r} has an empty value; separate values by single commas")
+        typed = [configlib.coerce(key, text, from_text=True) for text in texts]
+        if len(set(map(str, typed))) != len(typed):
+            raise ConfigError(f"--sweep {key} repeats a value ({values}); list each value once")
+        axes.append((key, typed))
+    return axes
+
+
+def value_text(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def member_name(values: dict) -> str:
+    return "__".join(f"{key}={value_text(value)}" for key, value in values.items()).replace("/", "_")
+
+
+def members_of(axes: list) -> list:
+    """Every combination, first axis varying slowest: [{"name", "values"}, ...]."""
+    keys = [key for key, _ in axes]
+    return [{"name": member_name(dict(zip(keys, combo))), "values": dict(zip(keys, combo))}
+            for combo in itertools.product(*[values for _, values in axes])]
+
+
+def start(args) -> tuple:
+    """A new sweep folder with its sweep.yaml; (folder, shared config, members)."""
+    axes = parse_axes(args.sweep)
+    for key, _ in axes:
+        if hasattr(args, key):
+            raise ConfigError(f"{configlib.flag(key)} and --sweep {key}=... both set {key!r}; keep one")
+    base, config_name = configlib.resolve(args)
+    members = members_of(axes)
+    for member in members:  # every combination must be a valid config before anything is written
+        configlib.check_together(dataclasses.replace(base, **member["values"]))
+    runfiles.check_writable(Path(base.output_dir))
+    name = base.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-sweep-{'-'.join(key for key, _ in axes)}"
+    sweep_dir = Path(base.output_dir) / name
+    if sweep_dir.exists():
+        raise RunError(f"sweep folder {sweep_dir} already exists; pick another --run-name, or continue it with --resume {sweep_dir}")
+    sweep_dir.mkdir()
+    meta = {"axes": [{"key": key, "values": values} for key, values in axes], "members": members,
+            "config_file": config_name, "config": configlib.to_dict(base)}
+    runfiles.write_text(sweep_dir / SWEEP_FILE, yaml.safe_dump(meta, sort_keys=False))
+    return sweep_dir, base, members
+
+
+def read_meta(sweep_dir: Path) -> dict:
+    try:
+        return yaml.safe_load((Path(sweep_dir) / SWEEP_FILE).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise RunError(f"cannot read {Path(sweep_dir) / SWEEP_FILE} ({err}); it was not written by train.py --sweep") from None
+
+
+def main(args) -> int:
+    """Train every member that has not finished; then summary, grid and page."""
+    import train  # the single-run machinery; imported here because train imports this module
+
+    resume_dir = getattr(args, "resume", None)
+    if resume_dir:
+        sweep_dir = Path(resume_dir)
+        overrides = train.resume_overrides(args)
+        meta = read_meta(sweep_dir)
+        base = configlib.build(overrides, from_text=True, base=configlib.build(meta["config"]))
+        members = meta["members"]
+    else:
+        sweep_dir, base, members = start(args)
+        overrides = {}
+    previous = {row["member"]: row["status"] for row in read_summary(sweep_dir)}
+    print(f"sweep {sweep_dir}: {len(members)} members, {base.epochs} epochs each")
+    datasets, code = {}, 0
+    for number, member in enumerate(members, start=1):
+        member_dir = sweep_dir / member["name"]
+        if previous.get(member["name"]) == "diverged":
+            print(f"[{number}/{len(members)}] {member['name']}: diverged before, skipped")
+            continue
+        cfg = dataclasses.replace(base, **member["values"], output_dir=str(sweep_dir), run_name=member["name"])
+        checkpoint = None
+        if (member_dir / runfiles.CHECKPOINT).is_file():
+            cfg, checkpoint = train.resumed_config(runfiles.existing_run_dir(member_dir), overrides)
+            if checkpoint["epoch"] >= cfg.epochs:
+                continue
+        elif member_dir.exists():
+            shutil.rmtree(member_dir)  # started but no epoch finished: nothing in it to keep
+        print(f"[{number}/{len(members)}] {member['name']}")
+        data_key = (cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.allow_sample_fallback)
+        if data_key not in datasets:
+            datasets[data_key] = train.load_dataset(cfg)
+        session = train.open_session(cfg, checkpoint=checkpoint, run_dir=member_dir if checkpoint else None,
+                                     dataset=datasets[data_key])
+        code = train.fit(session)
+        previous[member["name"]] = {0: "finished", train.EXIT_DIVERGED: "diverged"}.get(code, "interrupted")
+        write_summary(sweep_dir, members, previous)
+        if code == train.EXIT_INTERRUPTED:
+            break
+    finish(sweep_dir)
+    if code == train.EXIT_INTERRUPTED:
+        print(f"sweep interrupted; resume with: python train.py --resume {sweep_dir}")
+        return code
+    return 0
+
+
+def finish(sweep_dir: Path) -> None:
+    """Summary, results table, grid GIF and page from what is on disk."""
+    import grid
+    import report
+
+    meta = read_meta(sweep_dir)
+    rows = write_summary(sweep_dir, meta["members"], {row["member"]: row["status"] for row in read_summary(sweep_dir)})
+    table = results_table(meta, rows)
+    runfiles.write_text(sweep_dir / "results.md", table)
+    print(table)
+    made = grid.make_grid(sweep_dir)
+    report.write_sweep_report(sweep_dir)
+    if made:
+        print(f"wrote {sweep_dir / 'grid.gif'}, grid.png, metrics.png and {sweep_dir / 'index.html'} (open it in a browser)")
+
+
+# ---------- summary ----------
+
+def read_summary(sweep_dir: Path) -> list:
+    path = Path(sweep_dir) / SUMMARY
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_summary(sweep_dir: Path, members: list, statuses: dict) -> list:
+    """One row per member from its metrics.csv (the last finished epoch)."""
+    rows = []
+    for member in members:
+        member_dir = Path(sweep_dir) / member["name"]
+        metrics = runfiles.read_metrics(member_dir) if (member_dir / runfiles.METRICS).is_file() else []
+        last = metrics[-1] if metrics else {}
+        epochs = configlib.build(yaml.safe_load((member_dir / "config.yaml").read_text())).epochs \
+            if (member_dir / "config.yaml").is_file() else ""
+        status = statuses.get(member["name"]) or ("not started" if not metrics else "interrupted")
+        if metrics and epochs and len(metrics) >= epochs:
+            status = "finished"
+        row = {"member": member["name"], **{k: value_text(v) for k, v in member["values"].items()}, "status": status,
+               "epochs_done": len(metrics), "epochs": epochs, "dataset": last.get("dataset", "")}
+        row.update({column: last.get(column, "") for column in FINAL_COLUMNS})
+        rows.append(row)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0].keys()), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    runfiles.write_text(Path(sweep_dir) / SUMMARY, buffer.getvalue())
+    return rows
+
+
+def _number(text) -> Optional[float]:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _mean_std(values: list, digits: int) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def results_table(meta: dict, rows: list) -> str:
+    """Markdown: one line per setting; over a `seed` axis, mean ± sample std of the finished seeds."""
+    keys = [axis["key"] for axis in meta["axes"]]
+    group_keys = [key for key in keys if key != "seed"] if "seed" in keys else keys
+    groups = {}
+    for row in rows:
+        groups.setdefault(tuple(str(row[key]) for key in group_keys), []).append(row)
+    seeds = "seed" in keys
+    header = group_keys + ["runs", "test acc %", "nearest-center acc %", "intra / inter"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for setting, members in groups.items():
+        done = [m for m in members if m["status"] == "finished"]
+        other = [m for m in members if m["status"] != "finished"]
+        runs = f"{len(done)}/{len(members)}" + (f" ({', '.join(sorted({m['status'] for m in other}))})" if other else "")
+        cells = [_mean_std([_number(m[col]) for m in done if _number(m[col]) is not None], digits)
+                 for col, digits in (("test_acc", 2), ("nearest_center_acc", 2), ("intra_inter_ratio", 3))]
+        lines.append("| " + " | ".join(list(setting) + [runs] + cells) + " |")
+    note = " Mean ± sample standard deviation over the seeds." if seeds else ""
+    config = meta["config"]
+    dataset = next((row["dataset"] for row in rows if row["dataset"]), config["dataset"])
+    source = (f"\nFinal epoch of each run; test set of {dataset}, {config['epochs']} epochs"
+              f"{', ' + str(config['train_subset']) + ' training images' if config.get('train_subset') else ''}.{note}"
+              " Unfinished runs are counted but left out of the numbers.\n")
+    return "\n".join(lines) + "\n" + source

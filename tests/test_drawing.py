@@ -1,0 +1,76 @@
+"""Decision regions, the angular view and class names, against the model itself."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import visualize
+from nets import Head
+
+
+@pytest.mark.parametrize("kind, bias", [("linear", False), ("linear", True), ("cosface", False), ("arcface", False)])
+def test_decision_regions_are_the_heads_own_argmax(kind, bias):
+    torch.manual_seed(3)
+    head = Head(2, 10, kind, bias=bias)
+    limits = np.array([-7.0, 5.0, -4.0, 8.0])
+    regions = visualize.decision_regions(limits, kind, head.weight.detach().numpy(),
+                                         None if head.bias is None else head.bias.detach().numpy(), resolution=50)
+    xs, ys = np.linspace(-7, 5, 50), np.linspace(-4, 8, 50)
+    grid = torch.tensor(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2), dtype=torch.float32)
+    with torch.no_grad():
+        expected = head(grid).argmax(1).numpy().reshape(50, 50)  # row 0 = lowest y, as drawn with origin="lower"
+    assert (regions == expected).mean() > 0.995  # ties on exact boundaries may go either way
+
+
+def test_normalized_heads_have_sector_regions():
+    """For a cosine head the class depends on the direction only: scaling a point keeps its class."""
+    weight = np.random.default_rng(0).normal(size=(10, 2))
+    points = np.random.default_rng(1).normal(size=(200, 2))
+    near = visualize.class_scores(points, "cosface", weight).argmax(1)
+    far = visualize.class_scores(points * 37.0, "cosface", weight).argmax(1)
+    assert (near == far).all()
+
+
+def fake_embedding(head="linear", names=tuple("0123456789")):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), 30).astype(np.uint8)
+    angles = labels * (2 * np.pi / 10) + rng.normal(0, 0.1, 300)
+    features = np.stack([np.cos(angles), np.sin(angles)], 1) * rng.uniform(2, 8, (300, 1))
+    weight = np.stack([np.cos(np.arange(10) * 2 * np.pi / 10), np.sin(np.arange(10) * 2 * np.pi / 10)], 1)
+    return dict(train_features=features.astype(np.float16), train_labels=labels, test_features=features.astype(np.float16),
+                test_labels=labels, centers=(weight * 5).astype(np.float32), title=np.str_("t"), head=np.str_(head),
+                head_weight=weight.astype(np.float32), class_names=np.array(names), epoch=1, test_acc=99.0,
+                limits=visualize.robust_limits(features, weight * 5))
+
+
+def test_angular_view_adds_the_angle_histogram_and_names_the_classes(tmp_path):
+    emb = fake_embedding("arcface", names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                                           "Sneaker", "Bag", "Ankle boot"))
+    options = visualize.FrameOptions()
+    assert options.view_for("arcface") == "angular" and options.view_for("linear") == "plane"
+    renderer = visualize.FrameRenderer(options, "angular")
+    renderer.draw(emb, emb["limits"], tmp_path / "a.png")
+    assert [t.get_text() for t in renderer.legend.get_texts()][:2] == ["T-shirt/top", "Trouser"]
+    # Every class's histogram peaks at the angle of its weight (the features were built that way).
+    for digit, stairs in enumerate(renderer.hists):
+        peak = renderer.bins[np.argmax(stairs.get_data().values)]
+        expected = np.degrees(np.arctan2(emb["head_weight"][digit, 1], emb["head_weight"][digit, 0]))
+        assert abs((peak - expected + 180) % 360 - 180) < 10
+    plane = visualize.FrameRenderer(options, "plane")
+    plane.draw(emb, visualize.square_limits([emb["limits"]]), tmp_path / "p.png")
+    with Image.open(tmp_path / "a.png") as a, Image.open(tmp_path / "p.png") as p:
+        assert a.width > p.width * 1.3  # the third panel
+
+
+def test_regions_are_shaded_only_when_asked(tmp_path):
+    emb = fake_embedding()
+    limits = visualize.square_limits([emb["limits"]])
+    for regions in (True, False):
+        renderer = visualize.FrameRenderer(visualize.FrameOptions(regions=regions), "plane")
+        renderer.draw(emb, limits, tmp_path / f"{regions}.png")
+        assert renderer.regions["test"].get_visible() == regions
+    with Image.open(tmp_path / "True.png") as on, Image.open(tmp_path / "False.png") as off:
+        # The shading tints the empty plane: far fewer pure white pixels.
+        white = lambda im: (np.asarray(im.convert("RGB")) == 255).all(-1).mean()
+        assert white(on) < white(off) - 0.1
