@@ -33,6 +33,7 @@ def draw_metrics(run_dir: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = runfiles.read_metrics(run_dir)
     epoch = _column(rows, "epoch")
@@ -54,6 +55,7 @@ def draw_metrics(run_dir: Path) -> Path:
                 ax.set_yscale("log")
             ax.plot(epoch, values, marker="o", markersize=3, color=colour, label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(True, linewidth=0.4, alpha=0.5)
         if ax.lines:
@@ -72,6 +74,7 @@ def draw_sweep_metrics(sweep_dir: Path, members: list) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (acc_ax, ratio_ax) = plt.subplots(1, 2, figsize=(13, 5), dpi=80)
     cmap = plt.get_cmap("viridis" if len(members) > 10 else "tab10")
@@ -91,6 +94,7 @@ def draw_sweep_metrics(sweep_dir: Path, members: list) -> Path:
     ratio_ax.set_yscale("log")
     for ax in (acc_ax, ratio_ax):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, linewidth=0.4, alpha=0.5)
     if acc_ax.lines:
         ratio_ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))

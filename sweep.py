@@ -34,12 +34,14 @@ import yaml
 
 import config as configlib
 import runfiles
+import visualize
 from config import ConfigError
 from runfiles import RunError
 
 SWEEP_FILE = "sweep.yaml"
 SUMMARY = "summary.csv"
 NOT_SWEEPABLE = ("output_dir", "run_name")
+EXIT_INTERRUPTED = 130  # as train.py
 FINAL_COLUMNS = ("test_acc", "nearest_center_acc", "intra", "inter", "intra_inter_ratio")
 
 
@@ -129,6 +131,23 @@ def main(args) -> int:
         overrides = {}
     previous = {row["member"]: row["status"] for row in read_summary(sweep_dir)}
     print(f"sweep {sweep_dir}: {len(members)} members, {base.epochs} epochs each")
+    renderer = visualize.BackgroundRenderer()  # one drawing process for every member
+    try:
+        code = train_members(sweep_dir, base, members, overrides, previous, renderer)
+    except KeyboardInterrupt:  # between members (a member's own epochs handle Ctrl-C themselves)
+        code = EXIT_INTERRUPTED
+    finally:
+        renderer.close()
+    finish(sweep_dir)
+    if code == EXIT_INTERRUPTED:
+        print(f"sweep interrupted; resume with: python train.py --resume {sweep_dir}")
+        return code
+    return 0
+
+
+def train_members(sweep_dir: Path, base, members: list, overrides: dict, previous: dict, renderer) -> int:
+    import train
+
     datasets, code = {}, 0
     for number, member in enumerate(members, start=1):
         member_dir = sweep_dir / member["name"]
@@ -149,16 +168,12 @@ def main(args) -> int:
             datasets[data_key] = train.load_dataset(cfg)
         session = train.open_session(cfg, checkpoint=checkpoint, run_dir=member_dir if checkpoint else None,
                                      dataset=datasets[data_key])
-        code = train.fit(session)
+        code = train.fit(session, renderer)
         previous[member["name"]] = {0: "finished", train.EXIT_DIVERGED: "diverged"}.get(code, "interrupted")
         write_summary(sweep_dir, members, previous)
-        if code == train.EXIT_INTERRUPTED:
+        if code == EXIT_INTERRUPTED:
             break
-    finish(sweep_dir)
-    if code == train.EXIT_INTERRUPTED:
-        print(f"sweep interrupted; resume with: python train.py --resume {sweep_dir}")
-        return code
-    return 0
+    return code
 
 
 def finish(sweep_dir: Path) -> None:

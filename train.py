@@ -147,10 +147,12 @@ def default_run_name(output_dir: str, config_name: str) -> str:
     return name
 
 
-def fit(s: Session) -> int:
-    """The training loop: train one epoch, evaluate, save frame, save checkpoint."""
+def fit(s: Session, renderer: Optional[visualize.BackgroundRenderer] = None) -> int:
+    """The training loop: train one epoch, evaluate, save frame, save checkpoint.
+    A sweep passes its own `renderer`, so its worker process is started once."""
     cfg, parts = s.cfg, s.parts
-    renderer = visualize.BackgroundRenderer()
+    own_renderer = renderer is None
+    renderer = renderer or visualize.BackgroundRenderer()
     limits_so_far = load_limits(s.run_dir, s.start_epoch)
     try:
         epochs = tqdm(range(s.start_epoch, cfg.epochs + 1), desc="epochs", unit="epoch", initial=s.start_epoch - 1,
@@ -178,15 +180,15 @@ def fit(s: Session) -> int:
                   f"intra/inter {shape['ratio']:.3f} | {seconds:.1f} s")
     except KeyboardInterrupt:
         s.log(f"interrupted: every finished epoch is saved in {s.run_dir}")
-        finish(s, renderer)
+        finish(s, renderer, own_renderer)
         s.log(f"resume with: python train.py --resume {s.run_dir}")
         return EXIT_INTERRUPTED
     except Diverged as err:
         s.log(f"error: {err}. Training stopped; lower --center-loss-weight (now {cfg.center_loss_weight:g}), "
               f"--lr (now {cfg.lr:g}) or --center-lr (now {cfg.center_lr:g}). Finished epochs are kept in {s.run_dir}")
-        finish(s, renderer)
+        finish(s, renderer, own_renderer)
         return EXIT_DIVERGED
-    finish(s, renderer)
+    finish(s, renderer, own_renderer)
     return 0
 
 
@@ -231,14 +233,16 @@ def checkpoint_state(s: Session, epoch: int) -> dict:
             "metrics": s.metrics}
 
 
-def finish(s: Session, renderer) -> None:
+def finish(s: Session, renderer, own_renderer: bool = True) -> None:
     """Wait for the frames, then redraw them with run-wide axes and write the GIF."""
     try:
         renderer.wait()
     finally:
-        renderer.close()
+        if own_renderer:
+            renderer.close()
     gif = visualize.make_gif(s.run_dir, options=visualize.FrameOptions.from_config(s.cfg),
-                             duration_ms=s.cfg.frame_duration_ms, hold_last_ms=s.cfg.gif_hold_last_ms)
+                             duration_ms=s.cfg.frame_duration_ms, hold_last_ms=s.cfg.gif_hold_last_ms,
+                             renderer=None if own_renderer else renderer)
     if gif:
         page = report.write_run_report(s.run_dir)
         s.log(f"wrote {gif} ({len(visualize.embedding_files(s.run_dir))} frames), frames/epoch_*.png, metrics.png "

@@ -25,3 +25,13 @@ def run_cli(script, *args, cwd, timeout=300, check=None):
 @pytest.fixture
 def run(tmp_path):
     return lambda script, *args, **kw: run_cli(script, *args, cwd=tmp_path, **kw)
+
+
+@pytest.fixture(scope="session")
+def small_sweep(tmp_path_factory):
+    """One sweep shared by the sweep and run-page tests: 2 learning rates (one
+    diverges) x 2 seeds, 2 epochs on 200 sample digits."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    proc = run_cli("train.py", *QUICK[:2], "--train-subset", "200", "--batch-size", "50", "--frame-duration-ms", "100",
+                   "--epochs", "2", "--sweep", "lr=0.01,1e6", "--sweep", "seed=0,1", "--run-name", "s", cwd=cwd, check=0)
+    return cwd / "outputs" / "s", proc

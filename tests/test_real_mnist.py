@@ -21,6 +21,8 @@ def test_default_config_learns_on_real_mnist(tmp_path):
         row = next(csv.DictReader(handle))
     assert row["dataset"] == "mnist"
     assert float(row["test_acc"]) > 60.0, proc.stdout  # 120 steps of the default recipe: 74% measured, chance is 10%
+    assert float(row["nearest_center_acc"]) > 40.0 and 0 < float(row["intra_inter_ratio"]) < 10
     with np.load(run_dir / "embeddings" / "epoch_001.npz") as npz:
         assert npz["test_features"].shape == (10000, 2) and npz["train_features"].shape == (12000, 2)
-    assert (run_dir / "features.gif").is_file()
+    for name in ("features.gif", "metrics.png", "index.html"):
+        assert (run_dir / name).is_file(), name

@@ -1,0 +1,75 @@
+"""The run page in a real browser: headless Chromium opens index.html from
+disk (no server), the slider and the arrow keys change the shown frame.
+
+Needs Debian's chromium and chromium-driver; .ci/run installs them and sets
+CENTERLOSS_REQUIRE_BROWSER=1, so there a missing browser fails instead of skipping.
+"""
+
+import os
+import shutil
+
+import pytest
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+if not (CHROMIUM and DRIVER):
+    if os.environ.get("CENTERLOSS_REQUIRE_BROWSER"):
+        raise RuntimeError("chromium and chromedriver are required here: apt-get install chromium chromium-driver")
+    pytest.skip("no chromium/chromedriver (apt-get install chromium chromium-driver)", allow_module_level=True)
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def shown(driver):
+    image = driver.find_element(By.ID, "frame")
+    loaded = driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image)
+    return driver.find_element(By.ID, "epoch-label").text, image.get_attribute("src").rsplit("/", 1)[-1], loaded
+
+
+def test_slider_and_arrow_keys_step_through_the_epochs(browser, small_sweep):
+    run_dir = small_sweep[0] / "lr=0.01__seed=0"  # a sweep member is an ordinary run folder
+    browser.get((run_dir / "index.html").as_uri())
+    assert browser.title == "lr=0.01__seed=0"
+    assert shown(browser) == ("epoch 2 / 2", "epoch_002.png", True)  # opens on the last epoch, image loaded from disk
+    slider = browser.find_element(By.ID, "epoch-slider")
+    # Drag the slider's thumb to the far left, as a user would.
+    webdriver.ActionChains(browser).click_and_hold(slider).move_by_offset(-slider.size["width"] // 2, 0).release().perform()
+    assert shown(browser) == ("epoch 1 / 2", "epoch_001.png", True)
+    assert "test acc" in browser.find_element(By.ID, "frame-caption").text
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)
+    assert shown(browser)[:2] == ("epoch 2 / 2", "epoch_002.png")
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)  # past the end stays at the end
+    assert shown(browser)[:2] == ("epoch 2 / 2", "epoch_002.png")
+    browser.find_element(By.ID, "prev").click()
+    assert shown(browser)[:2] == ("epoch 1 / 2", "epoch_001.png")
+    # The rest of the page: the GIF and the metrics plot load, the config is there.
+    for src in ("features.gif", "metrics.png"):
+        image = browser.find_element(By.CSS_SELECTOR, f'img[src="{src}"]')
+        assert browser.execute_script("return arguments[0].naturalWidth", image) > 0, src
+    assert "center_loss_weight" in browser.find_element(By.TAG_NAME, "pre").text
+    assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+def test_sweep_page_steps_through_the_grid(browser, small_sweep):
+    browser.get((small_sweep[0] / "index.html").as_uri())
+    assert shown(browser) == ("epoch 2 / 2", "epoch_002.png", True)
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_LEFT)
+    assert shown(browser) == ("epoch 1 / 2", "epoch_001.png", True)
+    browser.find_element(By.LINK_TEXT, "lr=0.01__seed=1").click()
+    assert shown(browser)[0] == "epoch 2 / 2" and browser.title == "lr=0.01__seed=1"
