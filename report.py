@@ -33,7 +33,6 @@ def draw_metrics(run_dir: Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     rows = runfiles.read_metrics(run_dir)
     epoch = _column(rows, "epoch")
@@ -54,19 +53,12 @@ def draw_metrics(run_dir: Path) -> Path:
             if log and (values > 0).all():
                 ax.set_yscale("log")
             ax.plot(epoch, values, marker="o", markersize=3, color=colour, label=label)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_axis(ax)
         ax.set_ylabel(ylabel)
-        ax.grid(True, linewidth=0.4, alpha=0.5)
         if ax.lines:
             ax.legend(fontsize=8)
     fig.suptitle(f"{Path(run_dir).name}: metrics per epoch")
-    fig.tight_layout()
-    out = Path(run_dir) / "metrics.png"
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    return _save(fig, Path(run_dir) / "metrics.png")
 
 
 def draw_sweep_metrics(sweep_dir: Path, members: list) -> Path:
@@ -74,7 +66,6 @@ def draw_sweep_metrics(sweep_dir: Path, members: list) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     fig, (acc_ax, ratio_ax) = plt.subplots(1, 2, figsize=(13, 5), dpi=80)
     cmap = plt.get_cmap("viridis" if len(members) > 10 else "tab10")
@@ -93,14 +84,23 @@ def draw_sweep_metrics(sweep_dir: Path, members: list) -> Path:
     ratio_ax.set_ylabel("intra / inter (lower = more discriminative)")
     ratio_ax.set_yscale("log")
     for ax in (acc_ax, ratio_ax):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(True, linewidth=0.4, alpha=0.5)
+        _epoch_axis(ax)
     if acc_ax.lines:
         ratio_ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(f"{Path(sweep_dir).name}: every member")
+    return _save(fig, Path(sweep_dir) / "metrics.png")
+
+
+def _epoch_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+
+
+def _save(fig, out: Path) -> Path:
+    import matplotlib.pyplot as plt
     fig.tight_layout()
-    out = Path(sweep_dir) / "metrics.png"
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
