@@ -106,3 +106,27 @@ def test_parse_axes_types_the_values():
         ("center_loss_weight", [0.0, 0.5]), ("center_update", ["paper"])]
     with pytest.raises(ConfigError, match="twice"):
         sweep.parse_axes(["lr=0.1", "lr=0.2"])
+
+
+def test_ctrl_c_stops_the_sweep_keeps_finished_work_and_resume_completes_it(tmp_path, monkeypatch, capsys):
+    import train
+    monkeypatch.chdir(tmp_path)
+    real = train.train_one_epoch
+
+    def interrupted_in_second_member(parts, split, cfg, *args, **kwargs):
+        if cfg.seed == 1:
+            raise KeyboardInterrupt
+        return real(parts, split, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", interrupted_in_second_member)
+    argv = [*TINY, "--train-subset", "100", "--epochs", "1", "--sweep", "seed=0,1,2", "--run-name", "c"]
+    assert train.main(argv) == train.EXIT_INTERRUPTED
+    out = capsys.readouterr().out
+    sweep_dir = tmp_path / "outputs" / "c"
+    assert "sweep interrupted; resume with: python train.py --resume outputs/c" in out
+    summary = rows(sweep_dir / "summary.csv")
+    assert [r["status"] for r in summary] == ["finished", "interrupted", "not started"]
+    assert (sweep_dir / "grid.gif").is_file() and (sweep_dir / "index.html").is_file()  # drawn from what finished
+    monkeypatch.setattr(train, "train_one_epoch", real)
+    assert train.main(["--resume", str(sweep_dir)]) == 0
+    assert [r["status"] for r in rows(sweep_dir / "summary.csv")] == ["finished"] * 3
