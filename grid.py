@@ -54,6 +54,15 @@ def position(meta: dict, index: int) -> int:
     return row * len(meta["axes"][0]["values"]) + column
 
 
+def member_ratios(run_dir: Path) -> dict:
+    """{epoch: intra/inter ratio as text} from the member's metrics.csv."""
+    import runfiles
+    if not (run_dir / runfiles.METRICS).is_file():
+        return {}
+    return {int(row["epoch"]): f"{float(row['intra_inter_ratio']):.2f}" for row in runfiles.read_metrics(run_dir)
+            if row.get("intra_inter_ratio")}
+
+
 def _label(values: dict) -> str:
     from sweep import value_text
     return "  ".join(f"{'λ' if key == 'center_loss_weight' else key} = {value_text(value)}" for key, value in values.items())
@@ -133,6 +142,7 @@ def make_grid(sweep_dir: Path, *, max_points: Optional[int] = 4000, regions: boo
     meta = grid_members(sweep.read_meta(sweep_dir))
     statuses = {row["member"]: row["status"] for row in sweep.read_summary(sweep_dir)}
     frames = [member_frames(sweep_dir, member) for member in meta["members"]]
+    ratios = [member_ratios(sweep_dir / member["name"]) for member in meta["members"]]
     limits = [visualize.run_limits(list(f.values())) if f else None for f in frames]
     last_epoch = max((max(f) for f in frames if f), default=0)
     if last_epoch == 0:
@@ -144,14 +154,17 @@ def make_grid(sweep_dir: Path, *, max_points: Optional[int] = 4000, regions: boo
     try:
         for epoch in range(1, last_epoch + 1):
             plan = []
-            for member, available, member_limits in zip(meta["members"], frames, limits):
+            for member, available, member_limits, ratio in zip(meta["members"], frames, limits, ratios):
                 earlier = [e for e in available if e <= epoch]
+                status = statuses.get(member["name"], "")
                 if not earlier:
-                    plan.append((None, None, statuses.get(member["name"], "")))
+                    plan.append((None, None, f"{status} in epoch 1" if status == "diverged" else status))
                     continue
                 shown = max(earlier)
                 stopped = shown == max(available) and shown < epoch
-                note = f"{statuses.get(member['name'], 'stopped')} after epoch {shown}" if stopped else ""
+                note = f"intra/inter {ratio[shown]}" if shown in ratio else ""
+                if stopped:
+                    note = f"{status or 'stopped'} after epoch {shown}"
                 plan.append((str(available[shown]), member_limits, note))
             png = out_dir / f"epoch_{epoch:03d}.png"
             renderer.submit_call(render_grid_frame, str(sweep_dir), meta, epoch, last_epoch, plan, str(png),
