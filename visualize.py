@@ -185,14 +185,16 @@ class FrameRenderer:
                                             alpha=REGION_ALPHA, origin="lower", interpolation="nearest", zorder=0,
                                             visible=False, aspect="auto")
             # Line2D markers, one artist per class: much faster than scatter for 60k points.
-            self.points[split] = [ax.plot([], [], linestyle="none", marker=".", markersize=1.6, alpha=0.45,
-                                          color=colour, rasterized=True)[0] for colour in DIGIT_COLOURS]
+            # On the unit circle the points pile up along one line: bigger markers keep the colours readable.
+            size = 1.6 if view == "plane" else 4.0
+            self.points[split] = [ax.plot([], [], linestyle="none", marker=".", markersize=size, alpha=0.45,
+                                          color=colour, rasterized=True, zorder=2)[0] for colour in DIGIT_COLOURS]
             # Centers sit on clusters of their own colour: a thick black outline keeps them visible.
             self.centers[split] = ax.scatter(np.zeros(10), np.zeros(10), s=260, marker="*", c=DIGIT_COLOURS,
                                              edgecolors="black", linewidths=1.8, zorder=5)
             if view == "angular":
                 circle = np.linspace(0, 2 * np.pi, 361)
-                ax.plot(np.cos(circle), np.sin(circle), color="black", linewidth=0.6, alpha=0.5)
+                ax.plot(np.cos(circle), np.sin(circle), color="black", linewidth=0.5, alpha=0.3, zorder=1)
         if view == "angular":
             self.hist_ax = axes[0][-1]
             self.hist_ax.set_xlabel("angle of the test features (degrees)")
