@@ -165,19 +165,14 @@ def fit(s: Session, renderer: Optional[visualize.BackgroundRenderer] = None) -> 
             parts.scheduler.step()
             shape = metricslib.discriminativeness(test_features, s.dataset.test.labels.cpu(), parts.center_loss.centers.detach().cpu())
             limits_so_far.append(save_frame(s, renderer, epoch, train.features, test_features, test_acc, limits_so_far))
-            seconds = time.perf_counter() - started
-            s.metrics.append(dict(epoch=epoch, dataset=s.dataset.name, nll=round(train.nll, 6),
-                                  center_loss=round(train.center_loss, 6), train_acc=round(train.accuracy, 4),
-                                  test_nll=round(test_nll, 6), test_acc=round(test_acc, 4),
-                                  nearest_center_acc=round(shape["nearest_center_acc"], 4),
-                                  intra=round(shape["intra"], 5), inter=round(shape["inter"], 5),
-                                  intra_inter_ratio=round(shape["ratio"], 5), lr=lr, epoch_seconds=round(seconds, 3)))
+            row = metrics_row(s, epoch, lr, train, test_nll, test_acc, shape, time.perf_counter() - started)
+            s.metrics.append(row)
             runfiles.write_metrics(s.run_dir, s.metrics)
             runfiles.save_checkpoint(s.run_dir, checkpoint_state(s, epoch))
             epochs.set_postfix(test_acc=f"{test_acc:.2f}%")
-            s.log(f"epoch {epoch}/{cfg.epochs} | nll {train.nll:.3f} | center {train.center_loss:.3f} | "
-                  f"train acc {train.accuracy:.1f}% | test acc {test_acc:.2f}% | nearest-center {shape['nearest_center_acc']:.2f}% | "
-                  f"intra/inter {shape['ratio']:.3f} | {seconds:.1f} s")
+            s.log(f"epoch {epoch}/{cfg.epochs} | nll {row['nll']:.3f} | center {row['center_loss']:.3f} | "
+                  f"train acc {row['train_acc']:.1f}% | test acc {test_acc:.2f}% | nearest-center {row['nearest_center_acc']:.2f}% | "
+                  f"intra/inter {row['intra_inter_ratio']:.3f} | {row['epoch_seconds']:.1f} s")
     except KeyboardInterrupt:
         s.log(f"interrupted: every finished epoch is saved in {s.run_dir}")
         finish(s, renderer, own_renderer)
@@ -190,6 +185,16 @@ def fit(s: Session, renderer: Optional[visualize.BackgroundRenderer] = None) -> 
         return EXIT_DIVERGED
     finish(s, renderer, own_renderer)
     return 0
+
+
+def metrics_row(s: Session, epoch: int, lr: float, train, test_nll: float, test_acc: float, shape: dict,
+                seconds: float) -> dict:
+    """One line of metrics.csv (columns documented in the README)."""
+    return dict(epoch=epoch, dataset=s.dataset.name, nll=round(train.nll, 6), center_loss=round(train.center_loss, 6),
+                train_acc=round(train.accuracy, 4), test_nll=round(test_nll, 6), test_acc=round(test_acc, 4),
+                nearest_center_acc=round(shape["nearest_center_acc"], 4), intra=round(shape["intra"], 5),
+                inter=round(shape["inter"], 5), intra_inter_ratio=round(shape["ratio"], 5), lr=lr,
+                epoch_seconds=round(seconds, 3))
 
 
 def save_frame(s: Session, renderer, epoch, train_features, test_features, test_acc, limits_so_far) -> list:

@@ -183,7 +183,9 @@ def run_app(args) -> dict:
         eval_s.append(time.perf_counter() - start)
 
     trf, trl, tef, tel, centers = fake_embeddings()
-    emb = dict(train_features=trf, train_labels=trl, test_features=tef, test_labels=tel, centers=centers, title="bench")
+    # With the head's weights, so the frame also shades the decision regions (on by default).
+    emb = dict(train_features=trf, train_labels=trl, test_features=tef, test_labels=tel, centers=centers, title="bench",
+               head="linear", head_weight=centers / 10)
     renderer = visualize.FrameRenderer()
     limits = visualize.square_limits([visualize.robust_limits(trf, centers)])
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,8 @@ from PIL import Image
 
 from tests.conftest import QUICK, run_cli
 
-METRIC_COLUMNS = {"epoch", "dataset", "nll", "center_loss", "train_acc", "test_nll", "test_acc", "lr", "epoch_seconds"}
+METRIC_COLUMNS = {"epoch", "dataset", "nll", "center_loss", "train_acc", "test_nll", "test_acc", "nearest_center_acc",
+                  "intra", "inter", "intra_inter_ratio", "lr", "epoch_seconds"}
 
 
 def read_rows(run_dir):
@@ -41,13 +42,20 @@ def two_epochs(tmp_path_factory):
 
 def test_run_folder_has_everything(two_epochs):
     run_dir, proc = two_epochs
-    for name in ("config.yaml", "log.txt", "metrics.csv", "checkpoint.pt", "features.gif",
+    for name in ("config.yaml", "log.txt", "metrics.csv", "metrics.png", "index.html", "checkpoint.pt", "features.gif",
                  "embeddings/epoch_001.npz", "embeddings/epoch_002.npz", "frames/epoch_001.png", "frames/epoch_002.png"):
         assert (run_dir / name).is_file(), name
-    assert "epoch 2/2 | nll " in proc.stdout and "| test acc " in proc.stdout
+    assert "epoch 2/2 | nll " in proc.stdout and "| test acc " in proc.stdout and "| intra/inter " in proc.stdout
     rows = read_rows(run_dir)
     assert [r["epoch"] for r in rows] == ["1", "2"] and METRIC_COLUMNS <= set(rows[0])
     assert rows[0]["dataset"] == "mnist-sample"
+    # The logged discriminativeness is that of the saved test features and centers.
+    from metrics import discriminativeness
+    with np.load(run_dir / "embeddings" / "epoch_002.npz") as npz:
+        expected = discriminativeness(torch.from_numpy(npz["test_features"].astype(np.float32)),
+                                      torch.from_numpy(npz["test_labels"]), torch.from_numpy(npz["centers"]))
+    assert float(rows[1]["nearest_center_acc"]) == pytest.approx(expected["nearest_center_acc"], abs=0.5)
+    assert float(rows[1]["intra_inter_ratio"]) == pytest.approx(expected["ratio"], rel=0.02)  # float16 storage
     log = (run_dir / "log.txt").read_text().splitlines()
     assert log[0].startswith("python ") and "torch" in log[0] and log[1].startswith("git commit") and log[2].startswith("device")
     import yaml
