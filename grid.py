@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 
 import visualize
 from runfiles import atomic_path
@@ -80,7 +79,6 @@ def render_grid_frame(sweep_dir: str, meta: dict, epoch: int, last_epoch: int, p
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
 
     rows, columns = layout(meta)
     fig, axes = plt.subplots(rows, columns, figsize=(PANEL_INCHES * columns + 1.2, PANEL_INCHES * rows + 0.9),
@@ -100,17 +98,16 @@ def render_grid_frame(sweep_dir: str, meta: dict, epoch: int, last_epoch: int, p
         emb = visualize.load_embeddings(Path(npz))
         head = str(emb.get("head", "linear"))
         angular = visualize.FrameOptions().view_for(head) == "angular"
-        features, labels = visualize._subset(emb["test_features"], emb["test_labels"], max_points)
+        features, labels = visualize.subset_points(emb["test_features"], emb["test_labels"], max_points)
         centers = emb["centers"][:, :2]
         if angular:
-            features, centers, limits = visualize._unit(features), visualize._unit(centers), np.array([-1.3, 1.3, -1.3, 1.3])
-            circle = np.linspace(0, 2 * np.pi, 361)
-            ax.plot(np.cos(circle), np.sin(circle), color="black", linewidth=0.5, alpha=0.5)
+            features, centers = visualize.unit_vectors(features), visualize.unit_vectors(centers)
+            limits = visualize.ANGULAR_LIMITS
+            visualize.draw_unit_circle(ax)
         weight = emb.get("head_weight")
         if regions and weight is not None and weight.shape[1] == 2:
-            ax.imshow(visualize.decision_regions(limits, head, weight, emb.get("head_bias"), resolution=160),
-                      cmap=ListedColormap(visualize.DIGIT_COLOURS), vmin=-0.5, vmax=9.5, alpha=visualize.REGION_ALPHA,
-                      origin="lower", interpolation="nearest", extent=tuple(limits), aspect="auto", zorder=0)
+            visualize.show_regions(ax, visualize.decision_regions(limits, head, weight, emb.get("head_bias"), resolution=160),
+                                   limits)
         for digit, colour in enumerate(visualize.DIGIT_COLOURS):
             mine = features[labels == digit]
             ax.plot(mine[:, 0], mine[:, 1], linestyle="none", marker=".", markersize=1.0, alpha=0.4, color=colour,

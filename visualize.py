@@ -139,7 +139,23 @@ class FrameOptions:
         return "plane" if head == "linear" else "angular"
 
 
-def _subset(features, labels, max_points):
+ANGULAR_LIMITS = np.array([-1.3, 1.3, -1.3, 1.3])  # the unit circle with room for the stars
+
+
+def draw_unit_circle(ax) -> None:
+    circle = np.linspace(0, 2 * np.pi, 361)
+    ax.plot(np.cos(circle), np.sin(circle), color="black", linewidth=0.5, alpha=0.3, zorder=1)
+
+
+def show_regions(ax, regions: np.ndarray, limits, visible: bool = True):
+    """Class colours at low alpha behind everything else; returns the image artist."""
+    from matplotlib.colors import ListedColormap
+    return ax.imshow(regions, cmap=ListedColormap(DIGIT_COLOURS), vmin=-0.5, vmax=9.5, alpha=REGION_ALPHA,
+                     origin="lower", interpolation="nearest", extent=tuple(limits), zorder=0, visible=visible,
+                     aspect="auto")
+
+
+def subset_points(features, labels, max_points):
     if max_points is not None and len(labels) > max_points:
         # Same subset every epoch (embeddings are stored in dataset order), so points do not flicker.
         keep = np.random.default_rng(0).choice(len(labels), max_points, replace=False)
@@ -147,7 +163,7 @@ def _subset(features, labels, max_points):
     return features, labels
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
+def unit_vectors(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)[:, :2]
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
@@ -166,7 +182,6 @@ class FrameRenderer:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.colors import ListedColormap
         from matplotlib.lines import Line2D
 
         self.options, self.view = options, view
@@ -180,10 +195,8 @@ class FrameRenderer:
             ax.set_xlabel("feature 1" if view == "plane" else "feature 1 / ‖feature‖")
             ax.set_ylabel("feature 2" if view == "plane" else "feature 2 / ‖feature‖")
             ax.grid(True, linewidth=0.4, alpha=0.4)
-            # Class colours at low alpha, drawn first; hidden until a head's weights are known.
-            self.regions[split] = ax.imshow(np.zeros((2, 2)), cmap=ListedColormap(DIGIT_COLOURS), vmin=-0.5, vmax=9.5,
-                                            alpha=REGION_ALPHA, origin="lower", interpolation="nearest", zorder=0,
-                                            visible=False, aspect="auto")
+            # Hidden until a head's weights are known.
+            self.regions[split] = show_regions(ax, np.zeros((2, 2)), (0, 1, 0, 1), visible=False)
             # Line2D markers, one artist per class: much faster than scatter for 60k points.
             # On the unit circle the points pile up along one line: bigger markers keep the colours readable.
             size = 1.6 if view == "plane" else 4.0
@@ -193,8 +206,7 @@ class FrameRenderer:
             self.centers[split] = ax.scatter(np.zeros(10), np.zeros(10), s=260, marker="*", c=DIGIT_COLOURS,
                                              edgecolors="black", linewidths=1.8, zorder=5)
             if view == "angular":
-                circle = np.linspace(0, 2 * np.pi, 361)
-                ax.plot(np.cos(circle), np.sin(circle), color="black", linewidth=0.5, alpha=0.3, zorder=1)
+                draw_unit_circle(ax)
         if view == "angular":
             self.hist_ax = axes[0][-1]
             self.hist_ax.set_xlabel("angle of the test features (degrees)")
@@ -219,16 +231,16 @@ class FrameRenderer:
         head = str(emb.get("head", "linear"))
         angular = self.view == "angular"
         if angular:
-            limits = np.array([-1.3, 1.3, -1.3, 1.3])
+            limits = ANGULAR_LIMITS
         weight = emb.get("head_weight")
         for split in self.splits:
-            features, labels = _subset(emb[f"{split}_features"], emb[f"{split}_labels"], self.options.max_points)
-            features = _unit(features) if angular else features
+            features, labels = subset_points(emb[f"{split}_features"], emb[f"{split}_labels"], self.options.max_points)
+            features = unit_vectors(features) if angular else features
             for digit, line in enumerate(self.points[split]):
                 mine = features[labels == digit]
                 line.set_data(mine[:, 0], mine[:, 1])
             centers = emb["centers"][:, :2]
-            self.centers[split].set_offsets(_unit(centers) if angular else centers)
+            self.centers[split].set_offsets(unit_vectors(centers) if angular else centers)
             ax = self.axes[split]
             ax.set_xlim(limits[0], limits[1])
             ax.set_ylim(limits[2], limits[3])
