@@ -107,36 +107,32 @@ def load_mnist_sample() -> tuple[Split, Split]:
             Split(normalise(pixels[test_index]), labels[test_index]))
 
 
+# Datasets torchvision reads: (class, mean, std, class names, what the user sees, the fix when it is missing).
+TORCHVISION_SETS = {
+    "mnist": (MNIST, MNIST_MEAN, MNIST_STD, DIGIT_NAMES, "MNIST",
+              "point --data-dir at a copy of MNIST or allow the sample with --allow-sample-fallback true"),
+    "fashion-mnist": (FashionMNIST, FASHION_MEAN, FASHION_STD, FASHION_NAMES, "Fashion-MNIST",
+                      "connect to the internet once, or point --data-dir at a folder holding FashionMNIST/raw/*-ubyte"),
+}
+
+
 def load(dataset: str, data_dir: str, *, allow_sample_fallback: bool, train_subset: Optional[int] = None) -> Dataset:
     if dataset == "mnist-sample":
         train, test = load_mnist_sample()
         result = Dataset(train, test, "mnist-sample")
-    elif dataset == "fashion-mnist":
-        try:
-            train, test = load_mnist(data_dir, FashionMNIST, FASHION_MEAN, FASHION_STD)
-        except DataError:
-            raise
-        except (RuntimeError, OSError) as err:
-            # No offline sample of Fashion-MNIST exists, so this one is always an error.
-            raise DataError(
-                f"Fashion-MNIST is not in {os.path.abspath(data_dir)} and could not be downloaded "
-                f"({str(err).splitlines()[0]}); connect to the internet once, or point --data-dir at a folder "
-                "holding FashionMNIST/raw/*-ubyte"
-            ) from None
-        result = Dataset(train, test, "fashion-mnist", class_names=FASHION_NAMES)
     else:
+        kind, mean, std, names, title, fix = TORCHVISION_SETS[dataset]
         try:
-            train, test = load_mnist(data_dir)
-            result = Dataset(train, test, "mnist")
+            train, test = load_mnist(data_dir, kind, mean, std)
+            result = Dataset(train, test, dataset, class_names=names)
         except DataError:
             raise
         except (RuntimeError, OSError) as err:
             where = os.path.abspath(data_dir)
-            if not allow_sample_fallback:
-                raise DataError(
-                    f"MNIST is not in {where} and could not be downloaded ({str(err).splitlines()[0]}); "
-                    "point --data-dir at a copy of MNIST or allow the sample with --allow-sample-fallback true"
-                ) from None
+            # Only the digits have an offline sample; for Fashion-MNIST a missing copy is always an error.
+            if dataset != "mnist" or not allow_sample_fallback:
+                raise DataError(f"{title} is not in {where} and could not be downloaded ({str(err).splitlines()[0]}); "
+                                f"{fix}") from None
             train, test = load_mnist_sample()
             result = Dataset(train, test, "mnist-sample", notice=(
                 f"MNIST is not in {where} and could not be downloaded (offline?): training on the 5,000-digit "
