@@ -77,6 +77,9 @@ class Config:
                              choices=AUTO_ON_OFF)
     cuda_graphs: str = opt("auto", "capture the whole training step in one CUDA graph: auto = on for CUDA",
                            choices=AUTO_ON_OFF)
+    fused_prelu: str = opt("auto", "compile PReLU into one fused kernel (torch.compile, needs a C++ compiler): "
+                           "auto = on for CPU runs of 1000+ steps, falling back to eager if it cannot compile",
+                           choices=AUTO_ON_OFF)
     num_threads: int = opt(0, "CPU threads for torch; 0 = torch's default (one per physical core)", low=0)
     # --- drawing ---
     frame_regions: bool = opt(True, "shade the classifier's decision regions behind the points")

@@ -8,6 +8,7 @@ the 2-D features every epoch.
 """
 
 import dataclasses
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from engine import Diverged, Parts, Speed, build_parts, evaluate, pick_device, r
 from runfiles import RunError, RunLog
 
 # Fields a resumed run may change: they alter neither the maths nor the files already written.
-RESUMABLE_OVERRIDES = ("epochs", "device", "bf16", "channels_last", "cuda_graphs", "num_threads")
+RESUMABLE_OVERRIDES = ("epochs", "device", "bf16", "channels_last", "cuda_graphs", "fused_prelu", "num_threads")
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
 
@@ -95,10 +96,11 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
     """A new run (no checkpoint: a new folder under cfg.output_dir) or a resumed one.
     `dataset` (on the CPU) saves reloading it for every member of a sweep."""
     device = pick_device(cfg.device)
-    speed = resolve_speed(cfg, device)
-    torch.set_num_threads(speed.threads)
     if dataset is None:
         dataset = load_dataset(cfg)
+    epochs_left = cfg.epochs - (checkpoint["epoch"] if checkpoint else 0)
+    speed = resolve_speed(cfg, device, train_steps=epochs_left * math.ceil(len(dataset.train) / cfg.batch_size))
+    torch.set_num_threads(speed.threads)
     cfg = dataclasses.replace(cfg, dataset=dataset.name)  # record what was really used
     dataset = dataclasses.replace(dataset, train=dataset.train.to(device), test=dataset.test.to(device))
 

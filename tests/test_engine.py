@@ -117,3 +117,45 @@ def test_cuda_request_without_gpu_is_a_clear_error():
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="no CUDA GPU"):
         engine.pick_device("cuda")
+
+
+# ---------- the fused PReLU switch ----------
+
+def fused_choice(choice, steps, device="cpu"):
+    return engine.resolve_fused_prelu(choice, torch.device(device), False, False, steps)
+
+
+def test_fused_prelu_auto_rule(monkeypatch):
+    assert fused_choice("off", 10**6) == (False, "")
+    assert fused_choice("auto", 999) == (False, "run shorter than 1000 steps")
+    assert fused_choice("auto", 10**6, device="cuda") == (False, "")  # not where a GPU's time goes
+    state = torch.get_rng_state()
+    assert fused_choice("auto", 1000) == (True, "")  # compiles for real
+    assert torch.equal(torch.get_rng_state(), state)  # the probe leaves the run's random draws alone
+    monkeypatch.setattr(engine.shutil, "which", lambda name: None)
+    assert fused_choice("auto", 10**6) == (False, "no C++ compiler found")
+
+
+def test_fused_prelu_that_cannot_compile(monkeypatch):
+    monkeypatch.setattr(engine, "fused_prelu_problem", lambda *a: "CppCompileError: cannot find Python.h")
+    assert fused_choice("auto", 10**6) == (False, "torch.compile failed: CppCompileError: cannot find Python.h")
+    with pytest.raises(ValueError, match=r"--fused-prelu on: .*Python.h.*use --fused-prelu off"):
+        fused_choice("on", 10**6)
+
+
+def test_fused_prelu_step_matches_the_reference_loop():
+    cfg = dataclasses.replace(Config(), batch_size=50, center_loss_weight=0.3, bf16="off", channels_last="on",
+                              fused_prelu="on")
+    split = tiny_split()
+    expected, _, ref_centers = reference_losses(cfg, split, steps=6)
+    speed = engine.resolve_speed(cfg, torch.device("cpu"), train_steps=6)
+    assert speed.fused_prelu and "fused PReLU on" in speed.describe()
+    torch.manual_seed(cfg.seed)
+    parts = engine.build_parts(cfg, torch.device("cpu"), speed)
+    assert all(m.train_kernel is not F.prelu for m in parts.model.modules() if hasattr(m, "train_kernel"))
+    got = engine.train_one_epoch(parts, split, cfg, torch.Generator().manual_seed(cfg.seed), speed, epoch=1,
+                                 record_steps=True, show_progress=False).step_losses
+    for (nll, pull), (ref_nll, ref_pull) in zip(got, expected):
+        assert nll == pytest.approx(ref_nll, rel=1e-4, abs=1e-5)
+        assert pull == pytest.approx(ref_pull, rel=1e-4, abs=1e-5)
+    assert torch.allclose(parts.center_loss.centers, ref_centers.centers, atol=1e-4)

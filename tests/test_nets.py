@@ -114,3 +114,49 @@ def test_linear_head_is_the_papers_softmax_layer():
     labels = torch.tensor([0, 1, 2, 3])
     log_probs = torch.log_softmax(expected, 1)
     assert model.margin_log_probs(features, log_probs, labels) is log_probs
+
+
+# ---------- the fused PReLU kernel against PReLU's formula ----------
+
+import engine  # noqa: E402
+from nets import PReLU  # noqa: E402
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("batch", [7, 100])
+def test_fused_prelu_matches_the_formula_and_its_gradients(channels_last, batch):
+    torch.manual_seed(0)
+    x = torch.randn(batch, 16, 9, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+    fused = PReLU(16)
+    fused.weight.data.uniform_(-0.5, 0.5)
+    fused.train_kernel = engine.compiled_prelu()
+    xf = x.clone().requires_grad_()
+    y = fused(xf)
+    y.backward(g)
+    # By hand: y = x for x > 0, w x otherwise; dy/dx = 1 or w; dy/dw_c = sum of x over x <= 0 in channel c.
+    w = fused.weight.detach().view(1, -1, 1, 1)
+    negative = x <= 0
+    assert torch.allclose(y, torch.where(negative, w * x, x), atol=1e-6)
+    assert torch.allclose(xf.grad, torch.where(negative, w * g, g), atol=1e-6)
+    assert torch.allclose(fused.weight.grad, (torch.where(negative, x, 0) * g).sum((0, 2, 3)), rtol=1e-4, atol=1e-4)
+
+
+def test_network_with_the_fused_kernel_has_the_same_gradients():
+    torch.manual_seed(0)
+    plain = LeNetsPP()
+    fused = LeNetsPP()
+    fused.load_state_dict(plain.state_dict())
+    fused.use_prelu_kernel(engine.compiled_prelu())
+    images, labels = torch.randn(12, 1, 28, 28), torch.randint(0, 10, (12,))
+    for model in (plain, fused):
+        features, log_probs = model(images)
+        (torch.nn.functional.nll_loss(log_probs, labels) + features.pow(2).mean()).backward()
+    for (name, a), b in zip(plain.named_parameters(), fused.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-5), name
+    assert [type(m) for m in fused.modules()] == [type(m) for m in plain.modules()]
+    assert set(fused.state_dict()) == set(plain.state_dict())  # checkpoints load either way
+    with torch.no_grad():  # evaluation uses eager PReLU whatever the training kernel is
+        assert torch.equal(fused(images)[0], plain(images)[0])
