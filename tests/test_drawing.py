@@ -74,3 +74,32 @@ def test_regions_are_shaded_only_when_asked(tmp_path):
         # The shading tints the empty plane: far fewer pure white pixels.
         white = lambda im: (np.asarray(im.convert("RGB")) == 255).all(-1).mean()
         assert white(on) < white(off) - 0.1
+
+
+def full_redraw_pixels(renderer):
+    """The figure as matplotlib draws it from scratch, every artist in zorder."""
+    renderer.fig.canvas.draw()
+    return np.asarray(renderer.fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+@pytest.mark.parametrize("view, head", [("plane", "linear"), ("angular", "arcface")])
+def test_cached_background_frames_match_a_full_redraw(tmp_path, view, head):
+    first = fake_embedding(head)
+    second = dict(fake_embedding(head), title=np.str_("second frame"))
+    second["test_features"] = (second["test_features"] * 1.7).astype(np.float16)  # other points, other limits
+    second["test_labels"] = second["test_labels"][::-1].copy()
+    second["centers"] = second["centers"] * -1
+    renderer = visualize.FrameRenderer(visualize.FrameOptions(), view)
+    renderer.draw(first, visualize.square_limits([first["limits"]]), tmp_path / "1.png")
+    limits = visualize.square_limits([first["limits"] * 2])  # grown limits: the background must be redone
+    renderer.draw(second, limits, tmp_path / "2.png")
+    with Image.open(tmp_path / "2.png") as png:
+        reused = np.asarray(png.convert("RGB")).astype(int)
+    fresh = visualize.FrameRenderer(visualize.FrameOptions(), view)
+    fresh.draw(second, limits, tmp_path / "3.png")
+    with Image.open(tmp_path / "3.png") as png:
+        assert np.array_equal(reused, np.asarray(png.convert("RGB")))  # nothing of the first frame is left
+    # Against matplotlib's own full draw: only the grid lines under the shading may differ.
+    differs = np.abs(reused - full_redraw_pixels(renderer).astype(int)).max(-1) > 40
+    assert differs.mean() < 0.01
+    assert renderer.fig.axes[0].get_title() in ("train (300 points)",)
