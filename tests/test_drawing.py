@@ -103,3 +103,40 @@ def test_cached_background_frames_match_a_full_redraw(tmp_path, view, head):
     differs = np.abs(reused - full_redraw_pixels(renderer).astype(int)).max(-1) > 40
     assert differs.mean() < 0.01
     assert renderer.fig.axes[0].get_title() in ("train (300 points)",)
+
+
+def read_gif(path):
+    import imageio.v3 as iio
+    return iio.imread(path, index=None, plugin="pillow", mode="RGB").astype(int)
+
+
+def test_gif_of_few_colours_is_exact(tmp_path):
+    """Four flat colours fit any palette: the GIF must give back the very pixels
+    (the palette is mostly padding here, which Pillow must not mix up)."""
+    colours = np.array([[255, 255, 255], [31, 119, 180], [214, 39, 40], [0, 0, 0]], dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    frames = [colours[rng.integers(0, 4, (40, 60))] for _ in range(5)]
+    paths = []
+    for k, frame in enumerate(frames):
+        paths.append(tmp_path / f"{k}.png")
+        Image.fromarray(frame).save(paths[-1])
+    visualize.write_gif(paths, tmp_path / "few.gif", duration_ms=50, hold_last_ms=300)
+    back = read_gif(tmp_path / "few.gif")
+    assert back.shape == (5, 40, 60, 3)
+    assert np.array_equal(back, np.stack(frames).astype(int))
+
+
+def test_gif_keeps_real_frames_close_to_their_pngs(tmp_path):
+    emb = fake_embedding()
+    renderer = visualize.FrameRenderer(visualize.FrameOptions(), "plane")
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / f"{k}.png")
+        renderer.draw(dict(emb, title=np.str_(f"epoch {k}")), visualize.square_limits([emb["limits"] * (1 + k)]), paths[-1])
+    visualize.write_gif(paths, tmp_path / "real.gif")
+    back = read_gif(tmp_path / "real.gif")
+    for k, path in enumerate(paths):
+        with Image.open(path) as png:
+            error = np.abs(back[k] - np.asarray(png.convert("RGB")).astype(int)).max(-1)
+        assert error.mean() < 3 and (error <= 24).mean() > 0.99  # 256 shared colours, no dithering
+    assert not np.array_equal(back[0], back[2])
