@@ -106,12 +106,14 @@ class CenterLoss(nn.Module):
     @torch.no_grad()
     def update_centers(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Eq. 4 of the paper, for "paper" mode. Vectorised: per-class sums of
-        (c_j - x_i) by index_add_, per-class counts by bincount."""
+        (c_j - x_i) and per-class counts by index_add_ (not bincount, whose
+        output size depends on the labels' values and so cannot be graph-captured)."""
         if self.update != "paper":
             raise RuntimeError('update_centers is the "paper" rule; in "sgd" mode the center optimizer moves the centers')
         self._check(features, labels)
         labels = labels.long()
-        counts = torch.bincount(labels, minlength=self.num_classes).to(self.centers.dtype)
+        counts = torch.zeros(self.num_classes, dtype=self.centers.dtype, device=self.centers.device).index_add_(
+            0, labels, torch.ones_like(labels, dtype=self.centers.dtype))
         diff_sum = torch.zeros_like(self.centers).index_add_(
             0, labels, self.centers.index_select(0, labels) - features.to(self.centers.dtype)
         )

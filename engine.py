@@ -97,12 +97,12 @@ def resolve_speed(cfg: Config, device: torch.device, train_steps: Optional[int] 
     # channels_last measured faster with bf16 on both a 2-core AVX512-BF16 CPU
     # and the GPU; in fp32 on the CPU it helps less, so auto follows bf16.
     channels_last = {"on": True, "off": False}.get(cfg.channels_last, bf16)
-    # Graph capture is not implemented yet: 'auto' stays eager everywhere.
-    if cfg.cuda_graphs == "on":
-        raise ValueError("--cuda-graphs on is not available yet; use auto or off")
+    if cfg.cuda_graphs == "on" and not on_cuda:
+        raise ValueError("--cuda-graphs on needs a CUDA GPU (this run is on the CPU); use --cuda-graphs auto or off")
+    cuda_graphs = on_cuda and cfg.cuda_graphs != "off"
     threads = cfg.num_threads or torch.get_num_threads()  # torch's default: one per physical core
     fused, note = resolve_fused_prelu(cfg.fused_prelu, device, bf16, channels_last, train_steps)
-    return Speed(bf16=bf16, channels_last=channels_last, cuda_graphs=False, threads=threads,
+    return Speed(bf16=bf16, channels_last=channels_last, cuda_graphs=cuda_graphs, threads=threads,
                  fused_prelu=fused, fused_prelu_note=note)
 
 
@@ -128,7 +128,9 @@ def resolve_fused_prelu(choice: str, device: torch.device, bf16: bool, channels_
 
 
 def autocast(device: torch.device, speed: Speed):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if speed.bf16 else nullcontext()
+    # No weight-cast cache: a cache filled during graph capture would hand stale
+    # copies to later replays (PyTorch's CUDA-graph notes). Eager casts once per forward anyway.
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False) if speed.bf16 else nullcontext()
 
 
 def to_layout(images: torch.Tensor, speed: Speed) -> torch.Tensor:
@@ -144,6 +146,9 @@ class Parts:
     net_optimizer: torch.optim.Optimizer
     center_optimizer: Optional[torch.optim.Optimizer]  # None for the paper's update rule
     scheduler: torch.optim.lr_scheduler.StepLR
+    # Runtime only, never saved: what the steps write into, and the captured step.
+    buffers: Optional["StepBuffers"] = None
+    graph: Optional["GraphedStep"] = None
 
     def state_dict(self) -> dict:
         return {
@@ -189,6 +194,97 @@ class EpochResult:
     step_losses: list = field(default_factory=list)  # (nll, center) per step, only if asked for
 
 
+class StepBuffers:
+    """Device tensors the training steps accumulate into: loss sums and correct
+    count (3,), and every training image's feature (N, feat_dim). They outlive
+    the epoch because a captured graph writes to fixed addresses."""
+
+    def __init__(self, n: int, feat_dim: int, device: torch.device):
+        self.totals = torch.zeros(3, device=device)  # nll * n, center * n, correct
+        self.features = torch.zeros(n, feat_dim, device=device)
+
+
+def forward_backward(parts: Parts, train: Split, cfg: Config, speed: Speed, index: torch.Tensor) -> tuple:
+    """Gradients of one batch; returns (nll, center loss, features, log_probs, labels)."""
+    model, device = parts.model, train.images.device
+    images, labels = to_layout(train.images[index], speed), train.labels[index]
+    with autocast(device, speed):
+        features, log_probs = model(images)
+    nll = F.nll_loss(model.margin_log_probs(features, log_probs, labels), labels)
+    pull = parts.center_loss(scale_feature_grad(features, cfg.center_loss_weight), labels)
+    parts.net_optimizer.zero_grad(set_to_none=True)
+    if parts.center_optimizer:
+        parts.center_optimizer.zero_grad(set_to_none=True)
+    (nll + pull).backward()
+    return nll, pull, features, log_probs, labels
+
+
+def update_and_record(parts: Parts, cfg: Config, buffers: StepBuffers, index: torch.Tensor, batch: tuple) -> None:
+    """Move the weights and centers, and add the batch to the epoch's sums. No host sync."""
+    nll, pull, features, log_probs, labels = batch
+    if cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.grad_clip)  # norm and scaling stay on the device
+    parts.net_optimizer.step()
+    if parts.center_optimizer:
+        parts.center_optimizer.step()
+    else:
+        parts.center_loss.update_centers(features.detach().float(), labels)
+    with torch.no_grad():
+        n = labels.shape[0]
+        buffers.totals += torch.stack([nll.detach() * n, pull.detach() * n, (log_probs.argmax(1) == labels).sum().float()])
+        buffers.features[index] = features.detach().float()
+
+
+class GraphedStep:
+    """The whole training step for one full batch (gather the images, forward,
+    loss, backward, clipping, both optimizer steps or Eq. 4, the epoch sums)
+    recorded once as a CUDA graph and replayed: one launch per step instead of
+    hundreds. Same code as the eager step, run on a fixed index buffer.
+
+    The first WARMUP_STEPS steps run eagerly on a side stream (PyTorch's recipe:
+    lazy initialisation and the optimizer's momentum buffers must exist before
+    capture). SGD's learning rate is recorded into the graph as a number, so a
+    new one (StepLR) means a new capture, once per lr step.
+    `record=False` runs the very same path without recording (CPU tests)."""
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, step, batch_size: int, device: torch.device, record: bool = True):
+        self.step = step  # (index buffer) -> None
+        self.index = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.record, self.graph, self.lr, self.warm = record, None, None, 0
+        self.captures = 0
+
+    def __call__(self, index: torch.Tensor, lr: float) -> None:
+        self.index.copy_(index)
+        if self.warm < self.WARMUP_STEPS:
+            self.warm += 1
+            self._on_side_stream(lambda: self.step(self.index))
+        elif not self.record:
+            self.step(self.index)
+        else:
+            if self.graph is None or lr != self.lr:
+                self._capture(lr)
+            self.graph.replay()
+
+    def _capture(self, lr: float) -> None:
+        self.graph = None  # frees the previous graph's memory before recording a new one
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # records on its own stream; nothing runs yet
+            self.step(self.index)
+        self.graph, self.lr = graph, lr
+        self.captures += 1
+
+    def _on_side_stream(self, work) -> None:
+        if not self.record:
+            return work()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            work()
+        torch.cuda.current_stream().wait_stream(side)
+
+
 def train_one_epoch(parts: Parts, train: Split, cfg: Config, generator: torch.Generator, speed: Speed, *,
                     epoch: int, record_steps: bool = False, show_progress: bool = True) -> EpochResult:
     """One pass over `train` (already on the device) in a random order drawn from `generator` (a CPU generator).
@@ -197,54 +293,48 @@ def train_one_epoch(parts: Parts, train: Split, cfg: Config, generator: torch.Ge
     gradient is scaled by lambda and the centers' is not (see centerloss.py).
     On the CPU every step checks the loss is finite before the weights move;
     on a GPU that check would stall the pipeline, so it runs once per epoch.
+    With CUDA graphs every full batch replays the captured step; a short last batch runs eagerly.
     """
-    model, center_loss = parts.model, parts.center_loss
     device = train.images.device
-    model.train()
-    order = torch.randperm(len(train), generator=generator).to(device)
-    totals = torch.zeros(3, device=device)  # nll * n, center * n, correct
-    features_seen = torch.empty(len(train), cfg.feat_dim, device=device)
-    check_each_step = device.type == "cpu"
+    parts.model.train()
+    order = torch.randperm(len(train), generator=generator).to(device)  # one copy per epoch
+    if parts.buffers is None or parts.buffers.features.shape[0] != len(train):
+        parts.buffers, parts.graph = StepBuffers(len(train), cfg.feat_dim, device), None
+    buffers = parts.buffers
+    buffers.totals.zero_()
+    graphed = speed.cuda_graphs and not record_steps
+    if graphed and parts.graph is None:
+        step = lambda index: update_and_record(parts, cfg, buffers, index,  # noqa: E731
+                                               forward_backward(parts, train, cfg, speed, index))
+        parts.graph = GraphedStep(step, cfg.batch_size, device, record=device.type == "cuda")
+    check_each_step = device.type == "cpu" and not graphed
     step_losses = []
     batches = order.split(cfg.batch_size)
     bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, position=1,
-                disable=not show_progress, dynamic_ncols=True)
+               disable=not show_progress, dynamic_ncols=True)
     for step, index in enumerate(bar, start=1):
-        images, labels = to_layout(train.images[index], speed), train.labels[index]
-        with autocast(device, speed):
-            features, log_probs = model(images)
-        nll = F.nll_loss(model.margin_log_probs(features, log_probs, labels), labels)
-        pull = center_loss(scale_feature_grad(features, cfg.center_loss_weight), labels)
-        parts.net_optimizer.zero_grad(set_to_none=True)
-        if parts.center_optimizer:
-            parts.center_optimizer.zero_grad(set_to_none=True)
-        (nll + pull).backward()
+        if graphed and len(index) == cfg.batch_size:
+            parts.graph(index, parts.net_optimizer.param_groups[0]["lr"])
+            continue
+        batch = forward_backward(parts, train, cfg, speed, index)
+        nll, pull = batch[0], batch[1]
         if check_each_step and not torch.isfinite(nll + pull):
             raise Diverged(f"loss became {float(nll + pull)} at epoch {epoch}, step {step} "
                            f"(nll {float(nll):.4g}, center loss {float(pull):.4g})")
-        if cfg.grad_clip is not None:
-            # No host sync: the norm and the scaling stay on the device.
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        parts.net_optimizer.step()
-        if parts.center_optimizer:
-            parts.center_optimizer.step()
-        else:
-            center_loss.update_centers(features.detach().float(), labels)
-        with torch.no_grad():
-            n = labels.shape[0]
-            totals += torch.stack([nll.detach() * n, pull.detach() * n, (log_probs.argmax(1) == labels).sum().float()])
-            features_seen[index] = features.detach().float()
+        update_and_record(parts, cfg, buffers, index, batch)
         if record_steps:
             step_losses.append((nll.item(), pull.item()))
         if check_each_step and (step % 20 == 0 or step == len(batches)):
             seen = min(step * cfg.batch_size, len(train))
-            bar.set_postfix(nll=f"{totals[0].item() / seen:.3f}", center=f"{totals[1].item() / seen:.3f}",
-                            acc=f"{100 * totals[2].item() / seen:.1f}%")
-    totals = totals.tolist()  # the one host sync of the epoch on a GPU
+            totals = buffers.totals.tolist()
+            bar.set_postfix(nll=f"{totals[0] / seen:.3f}", center=f"{totals[1] / seen:.3f}",
+                            acc=f"{100 * totals[2] / seen:.1f}%")
+    totals = buffers.totals.tolist()  # the one host sync of the epoch on a GPU
     if not (math.isfinite(totals[0]) and math.isfinite(totals[1])):
         raise Diverged(f"loss became non-finite during epoch {epoch} (nll sum {totals[0]:.4g}, center sum {totals[1]:.4g})")
     n = len(train)
-    return EpochResult(totals[0] / n, totals[1] / n, 100 * totals[2] / n, features_seen.cpu(), step_losses)
+    features = buffers.features.to("cpu", copy=True)  # a copy also on the CPU: the buffer is reused next epoch
+    return EpochResult(totals[0] / n, totals[1] / n, 100 * totals[2] / n, features, step_losses)
 
 
 @torch.no_grad()

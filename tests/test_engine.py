@@ -159,3 +159,70 @@ def test_fused_prelu_step_matches_the_reference_loop():
         assert nll == pytest.approx(ref_nll, rel=1e-4, abs=1e-5)
         assert pull == pytest.approx(ref_pull, rel=1e-4, abs=1e-5)
     assert torch.allclose(parts.center_loss.centers, ref_centers.centers, atol=1e-4)
+
+
+# ---------- the captured (CUDA-graph) step ----------
+
+def two_epochs(cfg, speed, device, n=330, record_steps=False):
+    """Two epochs (a StepLR change between them, a short last batch in each); returns results and parts."""
+    split = tiny_split(n)
+    split = Split(split.images.to(device), split.labels.to(device))
+    torch.manual_seed(cfg.seed)
+    parts = engine.build_parts(cfg, device, speed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    results = []
+    for epoch in (1, 2):
+        results.append(engine.train_one_epoch(parts, split, cfg, generator, speed, epoch=epoch, show_progress=False,
+                                              record_steps=record_steps))
+        parts.scheduler.step()
+    return results, parts
+
+
+@pytest.mark.parametrize("extra", [dict(center_update="sgd", grad_clip=1.0), dict(center_update="paper")])
+def test_graphed_step_path_is_the_eager_step(extra):
+    """On the CPU the graph path runs without recording: warm-up, fixed index
+    buffer, persistent sums, recapture on a new lr, eager short batches — it must
+    give exactly what the plain loop gives."""
+    cfg = dataclasses.replace(Config(), batch_size=50, lr=0.01, lr_step=1, lr_gamma=0.5, center_loss_weight=0.1,
+                              bf16="off", channels_last="off", **extra)
+    cpu = torch.device("cpu")
+    plain = engine.resolve_speed(cfg, cpu)
+    graphed = dataclasses.replace(plain, cuda_graphs=True)
+    expected, ref = two_epochs(cfg, plain, cpu, record_steps=True)
+    sizes = [50] * 6 + [30]
+    for result in expected:  # the epoch's sums against its own steps, batch-size weighted
+        assert result.nll == pytest.approx(sum(n * nll for n, (nll, _) in zip(sizes, result.step_losses)) / 330, rel=1e-5)
+        assert result.center_loss == pytest.approx(sum(n * c for n, (_, c) in zip(sizes, result.step_losses)) / 330, rel=1e-5)
+    got, parts = two_epochs(cfg, graphed, cpu)
+    assert parts.graph is not None and not parts.graph.record and parts.graph.warm == engine.GraphedStep.WARMUP_STEPS
+    for a, b in zip(expected, got):
+        assert (a.nll, a.center_loss, a.accuracy) == pytest.approx((b.nll, b.center_loss, b.accuracy), rel=1e-6)
+        assert torch.equal(a.features, b.features)
+    assert not torch.equal(got[0].features, got[1].features)  # each epoch kept its own copy
+    for (name, x), y in zip(ref.model.state_dict().items(), parts.model.state_dict().values()):
+        assert torch.allclose(x.float(), y.float(), rtol=1e-6, atol=1e-7), name
+    assert torch.allclose(ref.center_loss.centers, parts.center_loss.centers, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_replay_matches_eager_on_a_gpu():
+    cfg = dataclasses.replace(Config(), batch_size=50, lr=0.01, lr_step=1, lr_gamma=0.5, center_loss_weight=0.1,
+                              bf16="off", channels_last="on", device="cuda")
+    gpu = torch.device("cuda")
+    eager = engine.resolve_speed(dataclasses.replace(cfg, cuda_graphs="off"), gpu)
+    graphed = engine.resolve_speed(dataclasses.replace(cfg, cuda_graphs="on"), gpu)
+    assert graphed.cuda_graphs and not eager.cuda_graphs
+    expected, ref = two_epochs(cfg, eager, gpu)
+    got, parts = two_epochs(cfg, graphed, gpu)
+    assert parts.graph.record and parts.graph.captures == 2  # one per learning rate
+    for a, b in zip(expected, got):
+        assert (a.nll, a.center_loss) == pytest.approx((b.nll, b.center_loss), rel=1e-4)
+    for x, y in zip(ref.model.parameters(), parts.model.parameters()):
+        assert torch.allclose(x, y, rtol=1e-3, atol=1e-5)
+
+
+def test_cuda_graphs_on_the_cpu_is_a_clear_error():
+    cfg = dataclasses.replace(Config(), cuda_graphs="on")
+    with pytest.raises(ValueError, match="--cuda-graphs on needs a CUDA GPU"):
+        engine.resolve_speed(cfg, torch.device("cpu"))
+    assert not engine.resolve_speed(dataclasses.replace(cfg, cuda_graphs="auto"), torch.device("cpu")).cuda_graphs
