@@ -3,6 +3,7 @@ device and speed settings they run under. train.py strings these together."""
 
 import math
 import shutil
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Optional
@@ -264,8 +265,18 @@ class GraphedStep:
             self.step(self.index)
         else:
             if self.graph is None or lr != self.lr:
-                self._capture(lr)
+                try:
+                    self._capture(lr)
+                except RuntimeError as err:  # recording kernels runs none of them: this batch is still to do
+                    self.fall_back(err)
+                    return self.step(self.index)
             self.graph.replay()
+
+    def fall_back(self, err: Exception) -> None:
+        """Go on eagerly for the rest of the run, saying why once."""
+        self.record, self.graph = False, None
+        warnings.warn(f"CUDA graph capture failed ({type(err).__name__}: {str(err).strip()[:160]}); "
+                      "training goes on without graphs (--cuda-graphs off skips the attempt)", stacklevel=2)
 
     def _capture(self, lr: float) -> None:
         self.graph = None  # frees the previous graph's memory before recording a new one

@@ -226,3 +226,17 @@ def test_cuda_graphs_on_the_cpu_is_a_clear_error():
     with pytest.raises(ValueError, match="--cuda-graphs on needs a CUDA GPU"):
         engine.resolve_speed(cfg, torch.device("cpu"))
     assert not engine.resolve_speed(dataclasses.replace(cfg, cuda_graphs="auto"), torch.device("cpu")).cuda_graphs
+
+
+def test_failed_capture_falls_back_to_eager_steps_without_losing_the_batch():
+    seen = []
+    graphed = engine.GraphedStep(lambda index: seen.append(index.clone()), batch_size=3, device=torch.device("cpu"))
+    graphed.warm = engine.GraphedStep.WARMUP_STEPS  # past warm-up: the next call would record
+
+    def broken_capture(lr):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    graphed._capture = broken_capture
+    with pytest.warns(UserWarning, match="CUDA graph capture failed .*not permitted.*goes on without graphs"):
+        graphed(torch.tensor([4, 5, 6]), lr=0.1)
+    graphed(torch.tensor([7, 8, 9]), lr=0.1)  # no second attempt, no second warning
+    assert [t.tolist() for t in seen] == [[4, 5, 6], [7, 8, 9]] and not graphed.record
