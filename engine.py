@@ -196,13 +196,15 @@ class EpochResult:
 
 
 class StepBuffers:
-    """Device tensors the training steps accumulate into: loss sums and correct
-    count (3,), and every training image's feature (N, feat_dim). They outlive
-    the epoch because a captured graph writes to fixed addresses."""
+    """Device tensors the training steps over `train` accumulate into: loss sums
+    and correct count (3,), and every training image's feature (N, feat_dim).
+    They outlive the epoch because a captured graph writes to fixed addresses
+    (and reads `train`'s)."""
 
-    def __init__(self, n: int, feat_dim: int, device: torch.device):
-        self.totals = torch.zeros(3, device=device)  # nll * n, center * n, correct
-        self.features = torch.zeros(n, feat_dim, device=device)
+    def __init__(self, train: Split, feat_dim: int):
+        self.train = train
+        self.totals = torch.zeros(3, device=train.images.device)  # nll * n, center * n, correct
+        self.features = torch.zeros(len(train), feat_dim, device=train.images.device)
 
 
 def forward_backward(parts: Parts, train: Split, cfg: Config, speed: Speed, index: torch.Tensor) -> tuple:
@@ -309,8 +311,8 @@ def train_one_epoch(parts: Parts, train: Split, cfg: Config, generator: torch.Ge
     device = train.images.device
     parts.model.train()
     order = torch.randperm(len(train), generator=generator).to(device)  # one copy per epoch
-    if parts.buffers is None or parts.buffers.features.shape[0] != len(train):
-        parts.buffers, parts.graph = StepBuffers(len(train), cfg.feat_dim, device), None
+    if parts.buffers is None or parts.buffers.train is not train:
+        parts.buffers, parts.graph = StepBuffers(train, cfg.feat_dim), None
     buffers = parts.buffers
     buffers.totals.zero_()
     graphed = speed.cuda_graphs and not record_steps
