@@ -1,6 +1,7 @@
 """What one epoch does: the training step, evaluation, and the choices of
 device and speed settings they run under. train.py strings these together."""
 
+import logging
 import math
 import shutil
 import warnings
@@ -77,6 +78,9 @@ def fused_prelu_problem(device: torch.device, bf16: bool, channels_last: bool) -
     """Compile the fused PReLU by running one small training step of a throwaway
     network, in the run's dtype and layout; None if it worked, else why not.
     Doing it here finds a missing C++ compiler at start-up, not mid-epoch."""
+    inductor_log = logging.getLogger("torch._inductor")  # a failed compile would add its own warning lines
+    level = inductor_log.level
+    inductor_log.setLevel(logging.ERROR)
     try:
         with torch.random.fork_rng(devices=[]):  # the probe's weights must not shift the run's seeded draws
             probe = LeNetsPP().to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -87,6 +91,8 @@ def fused_prelu_problem(device: torch.device, bf16: bool, channels_last: bool) -
             features.float().sum().backward()
     except Exception as err:  # torch.compile fails in many ways (no compiler, no headers, ...)
         return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160] if str(err).strip() else 'no message'}"
+    finally:
+        inductor_log.setLevel(level)
     return None
 
 

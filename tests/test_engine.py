@@ -129,11 +129,14 @@ def test_fused_prelu_auto_rule(monkeypatch):
     assert fused_choice("off", 10**6) == (False, "")
     assert fused_choice("auto", 999) == (False, "run shorter than 1000 steps")
     assert fused_choice("auto", 10**6, device="cuda") == (False, "")  # not where a GPU's time goes
+    monkeypatch.setattr(engine.shutil, "which", lambda name: None)
+    assert fused_choice("auto", 10**6) == (False, "no C++ compiler found")
+
+
+def test_fused_prelu_auto_compiles_without_touching_the_random_draws(compiler):
     state = torch.get_rng_state()
     assert fused_choice("auto", 1000) == (True, "")  # compiles for real
     assert torch.equal(torch.get_rng_state(), state)  # the probe leaves the run's random draws alone
-    monkeypatch.setattr(engine.shutil, "which", lambda name: None)
-    assert fused_choice("auto", 10**6) == (False, "no C++ compiler found")
 
 
 def test_fused_prelu_that_cannot_compile(monkeypatch):
@@ -143,7 +146,7 @@ def test_fused_prelu_that_cannot_compile(monkeypatch):
         fused_choice("on", 10**6)
 
 
-def test_fused_prelu_step_matches_the_reference_loop():
+def test_fused_prelu_step_matches_the_reference_loop(compiler):
     cfg = dataclasses.replace(Config(), batch_size=50, center_loss_weight=0.3, bf16="off", channels_last="on",
                               fused_prelu="on")
     split = tiny_split()

@@ -124,7 +124,7 @@ from nets import PReLU  # noqa: E402
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("batch", [7, 100])
-def test_fused_prelu_matches_the_formula_and_its_gradients(channels_last, batch):
+def test_fused_prelu_matches_the_formula_and_its_gradients(channels_last, batch, compiler):
     torch.manual_seed(0)
     x = torch.randn(batch, 16, 9, 9)
     if channels_last:
@@ -144,7 +144,7 @@ def test_fused_prelu_matches_the_formula_and_its_gradients(channels_last, batch)
     assert torch.allclose(fused.weight.grad, (torch.where(negative, x, 0) * g).sum((0, 2, 3)), rtol=1e-4, atol=1e-4)
 
 
-def test_network_with_the_fused_kernel_has_the_same_gradients():
+def test_network_with_the_fused_kernel_has_the_same_gradients(compiler):
     torch.manual_seed(0)
     plain = LeNetsPP()
     fused = LeNetsPP()
