@@ -323,9 +323,9 @@ def train_one_epoch(parts: Parts, train: Split, cfg: Config, generator: torch.Ge
     buffers.totals.zero_()
     graphed = speed.cuda_graphs and not record_steps
     if graphed and parts.graph is None:
-        step = lambda index: update_and_record(parts, cfg, buffers, index,  # noqa: E731
-                                               forward_backward(parts, train, cfg, speed, index))
-        parts.graph = GraphedStep(step, cfg.batch_size, device, record=device.type == "cuda")
+        def whole_step(index):
+            update_and_record(parts, cfg, buffers, index, forward_backward(parts, train, cfg, speed, index))
+        parts.graph = GraphedStep(whole_step, cfg.batch_size, device, record=device.type == "cuda")
     check_each_step = device.type == "cpu" and not graphed
     step_losses = []
     batches = order.split(cfg.batch_size)
