@@ -1,491 +1,61 @@
-"""Turn saved embeddings into frames (PNG) and the animated GIF.
+"""Redraw a run's (or a sweep's) frames, GIF and page from its saved
+embeddings, without retraining:
 
-Training only saves numbers (`embeddings/epoch_007.npz`); everything drawn
-comes from here, so a run can be redrawn with other options without
-retraining:
-
-    python visualize.py outputs/<run>                 # every frame + features.gif
+    python visualize.py outputs/<run>                 # every frame + features.gif + index.html
     python visualize.py outputs/<run> --split test --max-points 20000 --duration-ms 120
     python visualize.py outputs/<run> --view angular --no-regions
     python visualize.py outputs/<sweep>               # every member, then grid.gif / grid.png
 
-Two views: `plane` draws the features as they are, with the classifier's
-decision regions shaded behind them; `angular` (the default for the cosface
-and arcface heads, whose logits ignore the radius) draws each feature's
-direction on the unit circle and a histogram of the test angles per class.
+Options not given are the run's own config (its config.yaml).
 """
 
 import argparse
-import functools
-import multiprocessing
-import os
 import sys
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
-import numpy as np
+from clviz import config as configlib
+from clviz import frames, gif, report, runfiles, sweep
 
-from runfiles import atomic_path
 
-SPLITS = ("train", "test")
-# Colour-blind-safe, one fixed colour per digit for the whole run (matplotlib's tab10).
-DIGIT_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-                 "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-VIEWS = ("plane", "angular")
-REGION_RESOLUTION = 240  # grid cells per side for the decision regions
-REGION_ALPHA = 0.16
-OUTLIER_QUANTILE = 0.002  # per side: a few stray points must not shrink the clusters to dots
-LIMIT_PADDING = 0.08
-
-
-# ---------- saving and loading embeddings ----------
-
-def save_embeddings(path: Path, *, epoch: int, epochs: int, train_features, train_labels, test_features,
-                    test_labels, centers, test_acc: float, title: str, head: str = "linear", head_weight=None,
-                    head_bias=None, class_names: Sequence[str] = tuple(map(str, range(10)))) -> np.ndarray:
-    """Features are stored as float16 (about 0.35 MB per epoch for 70k 2-D
-    points); `limits` (robust extent, from the fp32 values) lets the renderer
-    fix the axes for a whole run without reading every point again. The
-    head's kind and weights (num_classes, feat_dim) let it shade decision regions."""
-    arrays = dict(
-        train_features=np.asarray(train_features, dtype=np.float16),
-        train_labels=np.asarray(train_labels, dtype=np.uint8),
-        test_features=np.asarray(test_features, dtype=np.float16),
-        test_labels=np.asarray(test_labels, dtype=np.uint8),
-        centers=np.asarray(centers, dtype=np.float32),
-        limits=robust_limits(np.concatenate([train_features[:, :2], test_features[:, :2]]), np.asarray(centers)[:, :2]),
-        epoch=np.int32(epoch), epochs=np.int32(epochs), test_acc=np.float32(test_acc), title=np.str_(title),
-        head=np.str_(head), class_names=np.array(list(class_names), dtype=np.str_),
-    )
-    if head_weight is not None:
-        arrays["head_weight"] = np.asarray(head_weight, dtype=np.float32)
-    if head_bias is not None:
-        arrays["head_bias"] = np.asarray(head_bias, dtype=np.float32)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-    return arrays["limits"]
-
-
-def load_embeddings(path: Path) -> dict:
-    with np.load(path) as npz:
-        return {key: npz[key] for key in npz.files}
-
-
-def robust_limits(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """[xmin, xmax, ymin, ymax] covering all but the outermost 0.2% of points per side, and every center."""
-    points = np.asarray(points, dtype=np.float32)
-    low = np.quantile(points, OUTLIER_QUANTILE, axis=0)
-    high = np.quantile(points, 1.0 - OUTLIER_QUANTILE, axis=0)
-    low, high = np.minimum(low, centers.min(axis=0)), np.maximum(high, centers.max(axis=0))
-    return np.array([low[0], high[0], low[1], high[1]], dtype=np.float32)
-
-
-def square_limits(limits: Sequence[np.ndarray]) -> np.ndarray:
-    """One padded, square box around the union of several epochs' limits, so
-    that equal aspect fills the panel and the frames share one scale."""
-    limits = np.asarray(limits, dtype=np.float64).reshape(-1, 4)
-    x0, x1 = limits[:, 0].min(), limits[:, 1].max()
-    y0, y1 = limits[:, 2].min(), limits[:, 3].max()
-    half = max(x1 - x0, y1 - y0, 1e-6) * (0.5 + LIMIT_PADDING)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    return np.array([cx - half, cx + half, cy - half, cy + half])
-
-
-# ---------- decision regions ----------
-
-def class_scores(points: np.ndarray, head: str, weight: np.ndarray, bias: Optional[np.ndarray] = None) -> np.ndarray:
-    """The head's plain logits (no margin) for 2-D points (N, 2) -> (N, C), up to
-    a positive factor: w_k . x + b_k for linear, cos(angle(x, w_k)) otherwise."""
-    points = np.asarray(points, dtype=np.float64)
-    weight = np.asarray(weight, dtype=np.float64)
-    if head == "linear":
-        return points @ weight.T + (0.0 if bias is None else np.asarray(bias, dtype=np.float64))
-    unit = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
-    return unit @ (weight / np.linalg.norm(weight, axis=1, keepdims=True)).T
-
-
-def decision_regions(limits, head: str, weight, bias=None, resolution: int = REGION_RESOLUTION) -> np.ndarray:
-    """(resolution, resolution) predicted class on a grid over `limits`, row 0 at the bottom."""
-    xs = np.linspace(limits[0], limits[1], resolution)
-    ys = np.linspace(limits[2], limits[3], resolution)
-    grid = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
-    return class_scores(grid, head, weight, bias).argmax(axis=1).reshape(resolution, resolution)
-
-
-# ---------- one frame ----------
-
-@dataclass(frozen=True)
-class FrameOptions:
-    splits: tuple = SPLITS
-    max_points: Optional[int] = None
-    regions: bool = True
-    view: str = "auto"  # plane, angular, or auto (angular for cosface/arcface)
-
-    @classmethod
-    def from_config(cls, cfg, **changes) -> "FrameOptions":
-        """From a Config or a saved config.yaml dict."""
-        get = (lambda key, default: cfg.get(key, default)) if isinstance(cfg, dict) else (lambda key, default: getattr(cfg, key))
-        values = dict(max_points=get("frame_max_points", None), regions=get("frame_regions", True),
-                      view=get("frame_view", "auto"))
-        values.update({key: value for key, value in changes.items() if value is not None})
-        return cls(**values)
-
-    def view_for(self, head: str) -> str:
-        if self.view != "auto":
-            return self.view
-        return "plane" if head == "linear" else "angular"
-
-
-ANGULAR_LIMITS = np.array([-1.3, 1.3, -1.3, 1.3])  # the unit circle with room for the stars
-
-
-def draw_unit_circle(ax) -> None:
-    circle = np.linspace(0, 2 * np.pi, 361)
-    ax.plot(np.cos(circle), np.sin(circle), color="black", linewidth=0.5, alpha=0.3, zorder=1)
-
-
-def show_regions(ax, regions: np.ndarray, limits, visible: bool = True):
-    """Class colours at low alpha behind everything else; returns the image artist."""
-    from matplotlib.colors import ListedColormap
-    return ax.imshow(regions, cmap=ListedColormap(DIGIT_COLOURS), vmin=-0.5, vmax=9.5, alpha=REGION_ALPHA,
-                     origin="lower", interpolation="nearest", extent=tuple(limits), zorder=0, visible=visible,
-                     aspect="auto")
-
-
-def subset_points(features, labels, max_points):
-    if max_points is not None and len(labels) > max_points:
-        # Same subset every epoch (embeddings are stored in dataset order), so points do not flicker.
-        keep = np.random.default_rng(0).choice(len(labels), max_points, replace=False)
-        return features[keep], labels[keep]
-    return features, labels
-
-
-def unit_vectors(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)[:, :2]
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-
-
-class FrameRenderer:
-    """One figure reused for every frame: per-class artists get new data, the
-    figure is never rebuilt (that is most of matplotlib's cost per frame).
-
-    plane view: one panel per split, points, centers (stars), decision regions.
-    angular view: the same panels with every feature scaled to unit length, and
-    a third panel with the histogram of test angles per class; the dashed
-    lines are the directions of the head's class weights.
-    """
-
-    def __init__(self, options: FrameOptions = FrameOptions(), view: str = "plane"):
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.lines import Line2D
-
-        self.options, self.view = options, view
-        self.splits = tuple(options.splits)
-        panels = len(self.splits) + (view == "angular")
-        self.fig, axes = plt.subplots(1, panels, figsize=(5.6 * panels + 1.6, 6.0), dpi=80, squeeze=False)
-        self.axes = dict(zip(self.splits, axes[0]))
-        self.points, self.centers, self.regions = {}, {}, {}
-        for split, ax in self.axes.items():
-            ax.set_aspect("equal", adjustable="box")
-            ax.set_xlabel("feature 1" if view == "plane" else "feature 1 / ‖feature‖")
-            ax.set_ylabel("feature 2" if view == "plane" else "feature 2 / ‖feature‖")
-            ax.grid(True, linewidth=0.4, alpha=0.4)
-            # Hidden until a head's weights are known.
-            self.regions[split] = show_regions(ax, np.zeros((2, 2)), (0, 1, 0, 1), visible=False)
-            # Line2D markers, one artist per class: much faster than scatter for 60k points.
-            # On the unit circle the points pile up along one line: bigger markers keep the colours readable.
-            size = 1.6 if view == "plane" else 4.0
-            self.points[split] = [ax.plot([], [], linestyle="none", marker=".", markersize=size, alpha=0.45,
-                                          color=colour, rasterized=True, zorder=2)[0] for colour in DIGIT_COLOURS]
-            # Centers sit on clusters of their own colour: a thick black outline keeps them visible.
-            self.centers[split] = ax.scatter(np.zeros(10), np.zeros(10), s=260, marker="*", c=DIGIT_COLOURS,
-                                             edgecolors="black", linewidths=1.8, zorder=5)
-            if view == "angular":
-                draw_unit_circle(ax)
-        if view == "angular":
-            self.hist_ax = axes[0][-1]
-            self.hist_ax.set_xlabel("angle of the test features (degrees)")
-            self.hist_ax.set_ylabel("share of the class's test features")
-            self.hist_ax.set_xlim(-180, 180)
-            self.hist_ax.set_xticks(range(-180, 181, 60))
-            self.hist_ax.grid(True, linewidth=0.4, alpha=0.4)
-            self.bins = np.linspace(-180, 180, 145)
-            self.hists = [self.hist_ax.stairs(np.zeros(len(self.bins) - 1), self.bins, color=c, linewidth=1.2)
-                          for c in DIGIT_COLOURS]
-            self.weight_lines = [self.hist_ax.axvline(0, color=c, linestyle="--", linewidth=1.0) for c in DIGIT_COLOURS]
-        handles = [Line2D([], [], linestyle="none", marker="o", markersize=8, color=c, label=str(d))
-                   for d, c in enumerate(DIGIT_COLOURS)]
-        handles.append(Line2D([], [], linestyle="none", marker="*", markersize=13, markerfacecolor="white",
-                              markeredgecolor="black", label="center"))
-        self.legend = self.fig.legend(handles=handles, loc="center right", title="class", frameon=False)
-        self.title = self.fig.suptitle("")
-        self.fig.subplots_adjust(left=0.06 * 2 / panels, right=1.0 - 1.9 / self.fig.get_figwidth(), top=0.86,
-                                 bottom=0.1, wspace=0.25)
-        # What changes every frame; the rest (axes, ticks, labels, legend: most of the
-        # text, which is most of matplotlib's time) is drawn once per set of limits and
-        # titles, kept as a bitmap, and pasted under each frame.
-        dynamic = [self.title]
-        for split in self.splits:
-            dynamic += [self.regions[split], *self.points[split], self.centers[split]]
-        if view == "angular":
-            dynamic += self.hists + self.weight_lines
-        self.dynamic = sorted(dynamic, key=lambda artist: artist.get_zorder())
-        self.background, self.background_key = None, None
-
-    def draw(self, emb: dict, limits: np.ndarray, out_path: Path) -> None:
-        head = str(emb.get("head", "linear"))
-        angular = self.view == "angular"
-        if angular:
-            limits = ANGULAR_LIMITS
-        weight = emb.get("head_weight")
-        for split in self.splits:
-            features, labels = subset_points(emb[f"{split}_features"], emb[f"{split}_labels"], self.options.max_points)
-            features = unit_vectors(features) if angular else features
-            for digit, line in enumerate(self.points[split]):
-                mine = features[labels == digit]
-                line.set_data(mine[:, 0], mine[:, 1])
-            centers = emb["centers"][:, :2]
-            self.centers[split].set_offsets(unit_vectors(centers) if angular else centers)
-            ax = self.axes[split]
-            ax.set_xlim(limits[0], limits[1])
-            ax.set_ylim(limits[2], limits[3])
-            ax.set_title(f"{split} ({len(labels):,} points)")
-            image = self.regions[split]
-            show = self.options.regions and weight is not None and weight.shape[1] == 2
-            image.set_visible(show)
-            if show:
-                image.set_data(decision_regions(limits, head, weight, emb.get("head_bias")))
-                image.set_extent(tuple(limits))
-        if angular:
-            angles = np.degrees(np.arctan2(emb["test_features"][:, 1].astype(np.float32),
-                                           emb["test_features"][:, 0].astype(np.float32)))
-            top = 0.0
-            for digit, stairs in enumerate(self.hists):
-                mine = angles[emb["test_labels"] == digit]
-                counts = np.histogram(mine, self.bins)[0] / max(len(mine), 1)
-                stairs.set_data(counts)
-                top = max(top, counts.max(initial=0.0))
-            # Rounded up to a multiple of 0.05, so the axis (part of the cached background) rarely changes.
-            self.hist_ax.set_ylim(0, max(np.ceil(top * 1.1 / 0.05) * 0.05, 0.05))
-            for digit, line in enumerate(self.weight_lines):
-                line.set_visible(weight is not None)
-                if weight is not None:
-                    line.set_xdata([np.degrees(np.arctan2(weight[digit, 1], weight[digit, 0]))] * 2)
-        names = [str(n) for n in emb.get("class_names", range(10))]
-        for text, name in zip(self.legend.get_texts(), names):
-            text.set_text(name)
-        self.title.set_text(str(emb["title"]))
-        self.render()
-        from PIL import Image
-        with atomic_path(out_path) as tmp:
-            # zlib level 1: ~30 ms instead of ~45 ms at the default level 6, for ~5% more bytes.
-            Image.fromarray(self.pixels()).save(tmp, format="PNG", compress_level=1)
-
-    def render(self) -> None:
-        """Paint the figure into the canvas: the cached background, then the
-        dynamic artists on top (lowest zorder first). The shading therefore lies
-        over the grid lines rather than under them; at its low alpha they show through."""
-        from matplotlib.transforms import Bbox
-        canvas = self.fig.canvas
-        key = tuple((tuple(np.round(ax.get_xlim() + ax.get_ylim(), 9)), ax.get_title()) for ax in self.fig.axes)
-        key += (tuple(text.get_text() for text in self.legend.get_texts()),)
-        if key != self.background_key:
-            shown = [artist.get_visible() for artist in self.dynamic]
-            for artist in self.dynamic:
-                artist.set_visible(False)
-            canvas.draw()
-            self.background, self.background_key = canvas.copy_from_bbox(Bbox(self.fig.bbox.get_points())), key
-            for artist, visible in zip(self.dynamic, shown):
-                artist.set_visible(visible)
-        canvas.restore_region(self.background)
-        for artist in self.dynamic:
-            self.fig.draw_artist(artist)
-
-    def pixels(self) -> np.ndarray:
-        """(height, width, 3) uint8 RGB of what `render` painted."""
-        return np.asarray(self.fig.canvas.buffer_rgba())[..., :3]
-
-
-@functools.lru_cache(maxsize=4)
-def _renderer(options: FrameOptions, view: str) -> FrameRenderer:
-    """One renderer per worker process, options and view."""
-    return FrameRenderer(options, view)
-
-
-def render_frame(npz_path, png_path, limits, options: FrameOptions = FrameOptions(), delete_npz: bool = False) -> str:
-    """Draw one saved epoch; `delete_npz` for embeddings kept only long enough to draw them."""
-    emb = load_embeddings(Path(npz_path))
-    _renderer(options, options.view_for(str(emb.get("head", "linear")))).draw(emb, np.asarray(limits), Path(png_path))
-    if delete_npz:
-        os.remove(npz_path)
-    return str(png_path)
-
-
-class BackgroundRenderer:
-    """Draws frames in worker processes so training never waits for matplotlib.
-    A worker uses one thread: it must not take the cores training runs on."""
-
-    def __init__(self, workers: int = 1):
-        context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_quiet_worker)
-        self.pending = []
-
-    def submit(self, *args, **kwargs) -> None:
-        self.pending.append(self.pool.submit(render_frame, *args, **kwargs))
-
-    def submit_call(self, function, *args) -> None:
-        """Any picklable top-level drawing function (the sweep grid uses it)."""
-        self.pending.append(self.pool.submit(function, *args))
-
-    def wait(self) -> list:
-        done = [future.result() for future in self.pending]
-        self.pending = []
-        return done
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=False)
-
-
-def _quiet_worker() -> None:
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import signal
-    import threading
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A trainer killed with SIGKILL cannot stop its pool: workers notice it is gone and leave."""
-    import time
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(0)
-
-
-# ---------- whole runs ----------
-
-def embedding_files(run_dir: Path) -> list:
-    return sorted((Path(run_dir) / "embeddings").glob("epoch_*.npz"))
-
-
-def run_limits(files: Sequence[Path]) -> np.ndarray:
-    """Square limits over every saved epoch (reads only each file's `limits`)."""
-    per_epoch = []
-    for path in files:
-        with np.load(path) as npz:
-            per_epoch.append(npz["limits"])
-    return square_limits(per_epoch)
-
-
-def redraw(run_dir: Path, *, options: FrameOptions = FrameOptions(),
-           renderer: Optional[BackgroundRenderer] = None) -> list:
-    """Redraw every frame that has saved embeddings with one set of axis
-    limits for the whole run. Returns the frame paths in epoch order."""
-    run_dir = Path(run_dir)
-    files = embedding_files(run_dir)
-    if not files:
-        return []
-    limits = run_limits(files)
-    (run_dir / "frames").mkdir(exist_ok=True)
-    pngs = [run_dir / "frames" / (path.stem + ".png") for path in files]
-    own = renderer is None
-    renderer = renderer or BackgroundRenderer(workers=max(1, min(len(files) // 8, (os.cpu_count() or 1))))
-    try:
-        for npz, png in zip(files, pngs):
-            renderer.submit(str(npz), str(png), limits, options)
-        renderer.wait()
-    finally:
-        if own:
-            renderer.close()
-    return pngs
-
-
-def write_gif(frame_paths: Sequence[Path], gif_path: Path, *, duration_ms: int = 200, hold_last_ms: int = 1500) -> None:
-    """An endlessly looping GIF. All frames are mapped onto one palette taken
-    from the first, middle and last frame, so colours stay stable and Pillow
-    does no per-frame colour quantisation (most of a naive GIF write's time)."""
-    import imageio.v3 as iio
-    from PIL import Image
-
-    paths = list(frame_paths)
-    if not paths:
-        raise ValueError("no frames to put in a GIF")
-    def read(path):
-        return iio.imread(path)[..., :3]
-
-    sample = np.concatenate([read(paths[k]) for k in sorted({0, len(paths) // 2, len(paths) - 1})], axis=0)
-    palette = Image.fromarray(sample).quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-
-    def indexed(path):
-        return np.asarray(Image.fromarray(read(path)).quantize(palette=palette, dither=Image.Dither.NONE))
-
-    # Pillow decodes and maps outside the GIL: one thread per core halves this part on two cores.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        frames = np.stack(list(pool.map(indexed, paths)))
-    durations = [duration_ms] * (len(frames) - 1) + [hold_last_ms]
-    if len(durations) == 1:
-        durations = durations[0]  # Pillow takes a list only for several frames
-    with atomic_path(gif_path) as tmp:
-        # Frames go in as "L" (palette indices) with the palette beside them: Pillow then
-        # finds every palette colour at its own index. As "P" frames it would first try to
-        # match our palette against a default grey one, a Python loop of ~30 ms per frame
-        # (4.7 of 6.3 s for 150 frames, profiled; the LZW encoding itself took 0.25 s).
-        # The pillow plugin takes durations in milliseconds; loop=0 loops forever.
-        iio.imwrite(tmp, frames, extension=".gif", plugin="pillow", mode="L", palette=palette.getpalette()[:768],
-                    duration=durations, loop=0, optimize=False)
-
-
-def make_gif(run_dir: Path, *, options: FrameOptions = FrameOptions(), duration_ms: int = 200,
-             hold_last_ms: int = 1500, renderer: Optional[BackgroundRenderer] = None) -> Optional[Path]:
-    """Redraw the frames with run-wide limits, then write `features.gif`."""
-    pngs = redraw(run_dir, options=options, renderer=renderer)
-    if not pngs:
-        return None
-    gif = Path(run_dir) / "features.gif"
-    write_gif(pngs, gif, duration_ms=duration_ms, hold_last_ms=hold_last_ms)
-    return gif
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Redraw a run's (or a sweep's) frames, GIF and page from its saved embeddings.")
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run folder, e.g. outputs/20261123-120000-default, or a sweep folder")
-    parser.add_argument("--split", choices=("both", "train", "test"), default="both", help="which panels to draw (default: both)")
+    parser.add_argument("--split", choices=("both",) + frames.SPLITS, default="both", help="which panels to draw (default: both)")
     parser.add_argument("--max-points", type=int, default=None, help="at most this many points per panel (default: the run's config)")
-    parser.add_argument("--view", choices=("auto",) + VIEWS, default=None,
+    parser.add_argument("--view", choices=("auto",) + frames.VIEWS, default=None,
                         help="plane, or angular (unit circle + angle histogram); default: the run's config")
     parser.add_argument("--regions", action=argparse.BooleanOptionalAction, default=None,
                         help="shade the decision regions (default: the run's config)")
     parser.add_argument("--duration-ms", type=int, default=None, help="GIF milliseconds per frame (default: the run's config)")
     parser.add_argument("--hold-last-ms", type=int, default=None, help="GIF milliseconds for the last frame (default: the run's config)")
-    args = parser.parse_args(argv)
-    import report
-    import sweep
-    import yaml
+    return parser
 
-    if sweep.is_sweep(str(args.run_dir)):
-        runs = [args.run_dir / m["name"] for m in sweep.read_meta(args.run_dir)["members"]]
-    elif embedding_files(args.run_dir):
+
+def saved_config(run_dir: Path) -> configlib.Config:
+    """The run's config.yaml as a Config; keys this version does not know are ignored."""
+    known = set(configlib.field_names())
+    return configlib.build({k: v for k, v in runfiles.read_config(run_dir).items() if k in known})
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    if runfiles.is_sweep(args.run_dir):
+        runs = [args.run_dir / m["name"] for m in runfiles.read_sweep_meta(args.run_dir)["members"]]
+    elif runfiles.embedding_files(args.run_dir):
         runs = [args.run_dir]
     else:
         print(f"error: no embeddings/epoch_*.npz in {args.run_dir}; pass a run or sweep folder made by train.py",
               file=sys.stderr)
         return 2
-    for run_dir in filter(embedding_files, runs):
-        saved = {}
-        if (run_dir / "config.yaml").is_file():
-            saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        options = FrameOptions.from_config(saved, splits=SPLITS if args.split == "both" else (args.split,),
-                                           max_points=args.max_points, view=args.view, regions=args.regions)
-        gif = make_gif(run_dir, options=options,
-                       duration_ms=args.duration_ms or saved.get("frame_duration_ms", 200),
-                       hold_last_ms=args.hold_last_ms or saved.get("gif_hold_last_ms", 1500))
+    for run_dir in filter(runfiles.embedding_files, runs):
+        cfg = saved_config(run_dir)
+        options = frames.FrameOptions.from_config(cfg, splits=frames.SPLITS if args.split == "both" else (args.split,),
+                                                  max_points=args.max_points, view=args.view, regions=args.regions)
+        written = gif.make_gif(run_dir, cfg, options=options, duration_ms=args.duration_ms,
+                               hold_last_ms=args.hold_last_ms)
         page = report.write_run_report(run_dir)
-        print(f"redrew {len(embedding_files(run_dir))} frames in {run_dir / 'frames'}; wrote {gif} and {page}")
+        print(f"redrew {len(runfiles.embedding_files(run_dir))} frames in {run_dir / runfiles.FRAMES}; "
+              f"wrote {written} and {page}")
     if runs != [args.run_dir]:
         sweep.finish(args.run_dir)
     return 0

@@ -1,13 +1,13 @@
 """Side-by-side speed of the usual center-loss recipe and this app, same device, same run.
 
-    python bench/bench.py --data-dir ../shared/mnist                  # CPU: 6,000 training images
-    python bench/bench.py --data-dir ../shared/mnist --train-images 60000 --epochs 3   # a GPU
+    python bench/bench.py --data-dir <folder with MNIST/raw>                  # CPU: 6,000 training images
+    python bench/bench.py --data-dir <folder with MNIST/raw> --train-images 60000 --epochs 3   # a GPU
 
 (a) "seed" is the loop most center-loss repos and blog posts use: a
     DataLoader over torchvision's MNIST with ToTensor + Normalize per sample,
     eager fp32, the loss weight undone on the center gradients, a new
     matplotlib figure per epoch, and imageio's default GIF writer.
-(b) "app" is this project's path (engine.py, visualize.py) with its auto
+(b) "app" is this project's path (clviz/training.py, clviz/frames.py, clviz/gif.py) with its auto
     speed settings.
 Each side runs in its own child process (so peak memory is its own) on the
 same images, batch size and epochs; the table gives the median over epochs
@@ -118,9 +118,9 @@ def run_seed(args) -> dict:
         start = time.perf_counter()
         for _ in range(3):  # a new figure per epoch, as the seeds do
             fig, axes = plt.subplots(1, 2, figsize=(12, 6))
-            for ax, f, l in ((axes[0], trf, trl), (axes[1], tef, tel)):
+            for ax, f, lab in ((axes[0], trf, trl), (axes[1], tef, tel)):
                 for digit in range(10):
-                    ax.scatter(f[l == digit, 0], f[l == digit, 1], s=1, label=str(digit))
+                    ax.scatter(f[lab == digit, 0], f[lab == digit, 1], s=1, label=str(digit))
                 ax.scatter(centers[:, 0], centers[:, 1], marker="*", c="black", s=100)
                 ax.legend(loc="upper right")
             fig.savefig(f"{tmp}/frame.png")
@@ -139,55 +139,62 @@ def gif_input(tmp, count=150):
     Returns (PNG paths, pixel arrays)."""
     import imageio.v3 as iio
 
-    import visualize
-    renderer = visualize.FrameRenderer()
+    from clviz import frames
+    renderer = frames.FrameRenderer()
     trf, trl, tef, tel, centers = fake_embeddings(6000, 2000)
     paths, distinct = [], []
     for k in range(10):
-        emb = dict(train_features=trf * (1 + 0.05 * k), train_labels=trl, test_features=tef * (1 + 0.05 * k),
-                   test_labels=tel, centers=centers * (1 + 0.05 * k), title=f"epoch {k}")
+        emb = dict(frame_fields(k + 1), train_features=trf * (1 + 0.05 * k), train_labels=trl,
+                   test_features=tef * (1 + 0.05 * k), test_labels=tel, centers=centers * (1 + 0.05 * k))
         paths.append(Path(tmp) / f"in{k}.png")
-        renderer.draw(emb, visualize.square_limits([[-20, 20, -20, 20]]), paths[-1])
+        renderer.draw(emb, frames.square_limits([[-20, 20, -20, 20]]), paths[-1])
         distinct.append(iio.imread(paths[-1])[..., :3])
     return [paths[i % 10] for i in range(count)], [distinct[i % 10] for i in range(count)]
 
 
 # ---------------------------------------------------------------- (b) app
+def frame_fields(epoch: int) -> dict:
+    """What an embeddings file says about itself, for the frame's title."""
+    return dict(epoch=epoch, epochs=10, test_acc=99.0, dataset="mnist", center_loss_weight=0.01, center_update="sgd",
+                head="linear", head_scale=1.0, head_margin=0.0)
+
+
 def run_app(args) -> dict:
     import dataclasses
 
     import torch
 
-    import data as datalib
-    import engine
-    import visualize
-    from config import Config
+    from clviz import data as datalib
+    from clviz import frames, gif, training
+    from clviz import speed as speedlib
+    from clviz.config import Config
 
     cfg = dataclasses.replace(Config(), batch_size=args.batch_size, device=args.device)
-    device = engine.pick_device(cfg.device)
-    speed = engine.resolve_speed(cfg, device)
+    device = speedlib.pick_device(cfg.device)
+    speed = speedlib.resolve_speed(cfg, device)
     dataset = datalib.load("mnist", args.data_dir, allow_sample_fallback=False, train_subset=args.train_images)
     train, test = dataset.train.to(device), dataset.test.to(device)
     torch.manual_seed(0)
-    parts = engine.build_parts(cfg, device, speed)
+    parts = training.build_parts(cfg, device, speed)
+    runner = training.EpochRunner(parts, train, cfg, speed)
     generator = torch.Generator().manual_seed(0)
     train_s, eval_s = [], []
     for epoch in range(1, args.epochs + 1):
         synchronize(device)
         start = time.perf_counter()
-        engine.train_one_epoch(parts, train, cfg, generator, speed, epoch=epoch, show_progress=False)
+        runner.run(generator, epoch=epoch, show_progress=False)
         synchronize(device)
         train_s.append(time.perf_counter() - start)
         start = time.perf_counter()
-        engine.evaluate(parts.model, test, speed)
+        training.evaluate(parts.model, test, speed)
         eval_s.append(time.perf_counter() - start)
 
     trf, trl, tef, tel, centers = fake_embeddings()
     # With the head's weights, so the frame also shades the decision regions (on by default).
-    emb = dict(train_features=trf, train_labels=trl, test_features=tef, test_labels=tel, centers=centers, title="bench",
-               head="linear", head_weight=centers / 10)
-    renderer = visualize.FrameRenderer()
-    limits = visualize.square_limits([visualize.robust_limits(trf, centers)])
+    emb = dict(frame_fields(1), train_features=trf, train_labels=trl, test_features=tef, test_labels=tel, centers=centers,
+               head_weight=centers / 10)
+    renderer = frames.FrameRenderer()
+    limits = frames.square_limits([frames.robust_limits(trf, centers)])
     with tempfile.TemporaryDirectory() as tmp:
         renderer.draw(emb, limits, Path(tmp) / "warm.png")
         times = []
@@ -198,7 +205,7 @@ def run_app(args) -> dict:
         frame_s = statistics.median(times)
         paths, _ = gif_input(tmp)
         start = time.perf_counter()
-        visualize.write_gif(paths, Path(tmp) / "app.gif", duration_ms=200)
+        gif.write_gif(paths, Path(tmp) / "app.gif", duration_ms=cfg.frame_duration_ms, hold_last_ms=cfg.gif_hold_last_ms)
         gif_s = time.perf_counter() - start
         gif_mb = os.path.getsize(Path(tmp) / "app.gif") / 2**20
     return dict(train_s=train_s, eval_s=eval_s, frame_s=frame_s, gif_s=gif_s, gif_mb=gif_mb,
@@ -227,7 +234,7 @@ def main():
     results = {}
     for side in ("seed", "app"):
         proc = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--side", side], capture_output=True, text=True)
-        line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((out for out in proc.stdout.splitlines() if out.startswith("RESULT ")), None)
         if line is None:
             sys.exit(f"{side} side failed:\n{proc.stderr[-3000:]}")
         results[side] = json.loads(line[len("RESULT "):])

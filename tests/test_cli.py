@@ -1,34 +1,18 @@
 """train.py and visualize.py as a user runs them: subprocesses on tiny data."""
 
-import csv
-
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
-from tests.conftest import QUICK, run_cli
+from clviz.metrics import discriminativeness
+from tests.conftest import QUICK, gif_info, read_rows, run_cli, without_time
+
+pytestmark = pytest.mark.slow
 
 METRIC_COLUMNS = {"epoch", "dataset", "nll", "center_loss", "train_acc", "test_nll", "test_acc", "nearest_center_acc",
                   "intra", "inter", "intra_inter_ratio", "lr", "epoch_seconds"}
-
-
-def read_rows(run_dir):
-    with open(run_dir / "metrics.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def without_time(rows):
-    return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in rows]
-
-
-def gif_info(path):
-    with Image.open(path) as gif:
-        durations = []
-        for index in range(gif.n_frames):
-            gif.seek(index)
-            durations.append(gif.info["duration"])
-        return gif.n_frames, gif.info.get("loop"), durations
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +34,6 @@ def test_run_folder_has_everything(two_epochs):
     assert [r["epoch"] for r in rows] == ["1", "2"] and METRIC_COLUMNS <= set(rows[0])
     assert rows[0]["dataset"] == "mnist-sample"
     # The logged discriminativeness is that of the saved test features and centers.
-    from metrics import discriminativeness
     with np.load(run_dir / "embeddings" / "epoch_002.npz") as npz:
         expected = discriminativeness(torch.from_numpy(npz["test_features"].astype(np.float32)),
                                       torch.from_numpy(npz["test_labels"]), torch.from_numpy(npz["centers"]))
@@ -58,15 +41,14 @@ def test_run_folder_has_everything(two_epochs):
     assert float(rows[1]["intra_inter_ratio"]) == pytest.approx(expected["ratio"], rel=0.02)  # float16 storage
     log = (run_dir / "log.txt").read_text().splitlines()
     assert log[0].startswith("python ") and "torch" in log[0] and log[1].startswith("git commit") and log[2].startswith("device")
-    import yaml
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["epochs"] == 2 and saved["train_subset"] == 400 and saved["run_name"] == "r"
 
 
 def test_gif_has_one_frame_per_epoch_loops_and_holds_the_last(two_epochs):
     run_dir, _ = two_epochs
-    frames, loop, durations = gif_info(run_dir / "features.gif")
-    assert frames == 2 and loop == 0 and durations == [150, 1500]
+    count, loop, durations = gif_info(run_dir / "features.gif")
+    assert count == 2 and loop == 0 and durations == [150, 1500]
 
 
 def test_embeddings_are_compact_and_in_dataset_order(two_epochs):
@@ -75,7 +57,8 @@ def test_embeddings_are_compact_and_in_dataset_order(two_epochs):
         assert npz["train_features"].dtype == np.float16 and npz["train_features"].shape == (400, 2)
         assert npz["test_features"].shape == (1000, 2) and npz["centers"].shape == (10, 2)
         assert npz["train_labels"][:10].tolist() == list(range(10))  # the sample's interleaved order
-        assert int(npz["epoch"]) == 2
+        assert int(npz["epoch"]) == 2 and str(npz["dataset"]) == "mnist-sample" and str(npz["head"]) == "linear"
+        assert float(npz["center_loss_weight"]) == 0.01 and str(npz["center_update"]) == "sgd"
     assert (run_dir / "embeddings" / "epoch_002.npz").stat().st_size < 30_000
 
 
@@ -94,8 +77,8 @@ def test_visualize_redraws_without_retraining(two_epochs, tmp_path):
     proc = run_cli("visualize.py", run_dir, "--split", "test", "--duration-ms", "90", "--max-points", "300",
                    cwd=tmp_path, check=0)
     assert "redrew 2 frames" in proc.stdout
-    frames, loop, durations = gif_info(run_dir / "features.gif")
-    assert frames == 2 and loop == 0 and durations[0] == 90
+    count, loop, durations = gif_info(run_dir / "features.gif")
+    assert count == 2 and loop == 0 and durations[0] == 90
     with Image.open(run_dir / "frames" / "epoch_001.png") as png:
         assert png.width < png.height * 1.6  # one panel only
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-import config as configlib
-from config import Config, ConfigError
+from clviz import config as configlib
+from clviz.config import Config, ConfigError
 from tests.conftest import REPO
 
 
@@ -19,9 +19,9 @@ def test_every_field_has_a_doc_and_a_flag():
         assert configlib.flag(spec.name) in flags
 
 
-def test_default_file_then_flags(tmp_path):
+def test_defaults_then_file_then_flags(tmp_path):
     cfg, name = resolve([])
-    assert name == "default" and cfg.epochs == configlib.read_yaml(REPO / "configs/default.yaml")["epochs"]
+    assert name == "default" and cfg == Config()  # a bare run is exactly the dataclass
     path = tmp_path / "mine.yaml"
     path.write_text("epochs: 7\ncenter_update: paper\ncenter_loss_weight: 0.1\n")
     cfg, name = resolve(["--config", str(path), "--epochs", "3", "--center-update", "sgd", "--train-subset", "null"])
@@ -29,16 +29,34 @@ def test_default_file_then_flags(tmp_path):
     assert cfg.lr == Config().lr  # untouched fields keep the dataclass default
 
 
-@pytest.mark.parametrize("name", ["default", "seed", "paper", "softmax_only"])
-def test_shipped_configs_load(name):
-    cfg, _ = resolve(["--config", str(REPO / "configs" / f"{name}.yaml")])
-    assert isinstance(cfg, Config)
-    if name == "paper":
-        assert cfg.center_update == "paper" and cfg.center_alpha == 0.5
-    if name == "softmax_only":
-        assert cfg.center_loss_weight == 0
-    if name == "seed":
-        assert cfg.epochs == 150 and cfg.train_subset is None
+SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def test_configs_folder_is_what_the_tests_know():
+    assert [p.stem for p in SHIPPED] == ["arcface", "cosface", "paper", "seed", "softmax_only"]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_config_loads_and_differs_from_the_defaults(path):
+    """Each file validates, and holds only keys whose values differ from the dataclass."""
+    values = configlib.read_yaml(path)
+    cfg, name = resolve(["--config", str(path)])
+    assert name == path.stem and values
+    for key, value in values.items():
+        assert getattr(cfg, key) == value and getattr(Config(), key) != value, key
+
+
+def test_what_the_shipped_configs_are_for():
+    load = lambda name: resolve(["--config", str(REPO / "configs" / f"{name}.yaml")])[0]  # noqa: E731
+    assert load("paper").center_update == "paper" and load("softmax_only").center_loss_weight == 0
+    seed = load("seed")
+    assert (seed.epochs, seed.lr, seed.train_subset) == (150, 0.001, None)
+    assert load("cosface").head == "cosface" and load("arcface").head == "arcface"
+
+
+def test_help_prints_the_defaults_that_apply():
+    text = configlib.make_parser("test").format_help()
+    assert f"(default: {Config().epochs})" in text and f"(default: {Config().lr})" in text
 
 
 @pytest.mark.parametrize("text, message", [

@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 import torch
+import yaml
 
-import data as datalib
-from data import DataError
+import train
+from clviz import data as datalib
+from clviz import runfiles
+from clviz.data import DataError
 
 IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
 
@@ -75,11 +78,9 @@ def test_bad_files_name_the_file_and_the_fix(tmp_path, damage, message):
     assert "delete" in str(err.value) and "--data-dir" in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_train_falls_back_offline_and_records_it(tmp_path, monkeypatch, capsys):
     """The whole CLI with the download made to fail: one notice, and the run says mnist-sample."""
-    import yaml
-
-    import train
     fail_download(monkeypatch)
     monkeypatch.chdir(tmp_path)
     assert train.main(["--data-dir", "empty", "--train-subset", "200", "--epochs", "1", "--run-name", "off"]) == 0
@@ -117,16 +118,13 @@ def test_fashion_mnist_offline_is_one_clear_error_not_a_silent_digit_run(tmp_pat
         datalib.load("fashion-mnist", str(tmp_path), allow_sample_fallback=True)
 
 
+@pytest.mark.slow
 def test_train_on_fashion_mnist_names_the_classes(tmp_path, monkeypatch):
-    import yaml
-
-    import train
-    import visualize
     write_small_set(tmp_path / "fm", "FashionMNIST", train=60, test=30)
     monkeypatch.chdir(tmp_path)
     assert train.main(["--dataset", "fashion-mnist", "--data-dir", "fm", "--epochs", "1", "--batch-size", "20",
                        "--run-name", "f"]) == 0
     run_dir = tmp_path / "outputs" / "f"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["dataset"] == "fashion-mnist"
-    emb = visualize.load_embeddings(run_dir / "embeddings" / "epoch_001.npz")
-    assert list(emb["class_names"])[:2] == ["T-shirt/top", "Trouser"] and "fashion-mnist" in str(emb["title"])
+    emb = runfiles.load_embeddings(run_dir / "embeddings" / "epoch_001.npz")
+    assert list(emb["class_names"])[:2] == ["T-shirt/top", "Trouser"] and str(emb["dataset"]) == "fashion-mnist"

@@ -4,6 +4,7 @@ Each test shows that finished work survives and the user is told what to do."""
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import QUICK, REPO, run_cli
-from tests.test_cli import read_rows, without_time
+import train
+from clviz.training import Diverged, EpochRunner
+from tests.conftest import QUICK, REPO, read_rows, run_cli, without_time
+
+pytestmark = pytest.mark.slow
 
 # Long enough epochs (40 steps) that a signal lands mid-epoch.
 LONGER = ["--dataset", "mnist-sample", "--train-subset", "2000", "--batch-size", "50", "--epochs", "3"]
@@ -95,16 +99,14 @@ def test_divergence_stops_with_epoch_and_step(run, tmp_path):
 
 def test_divergence_keeps_the_last_good_epoch(tmp_path, monkeypatch, capsys):
     """Diverge in epoch 2 (injected): epoch 1's checkpoint, frame and GIF stay."""
-    import engine
-    import train
-    real = engine.train_one_epoch
+    real = EpochRunner.run
 
-    def failing(*args, epoch, **kwargs):
+    def failing(self, *args, epoch, **kwargs):
         if epoch == 2:
-            raise engine.Diverged("loss became nan at epoch 2, step 3")
-        return real(*args, epoch=epoch, **kwargs)
+            raise Diverged("loss became nan at epoch 2, step 3")
+        return real(self, *args, epoch=epoch, **kwargs)
 
-    monkeypatch.setattr(train, "train_one_epoch", failing)
+    monkeypatch.setattr(EpochRunner, "run", failing)
     monkeypatch.chdir(tmp_path)
     assert train.main([*QUICK, "--epochs", "3", "--run-name", "d"]) == 3
     run_dir = tmp_path / "outputs" / "d"
@@ -150,7 +152,6 @@ def test_resume_refuses_to_change_the_maths(one_epoch):
 
 
 def test_incompatible_checkpoint_is_refused(one_epoch, tmp_path):
-    import shutil
     run_dir = tmp_path / "r"
     shutil.copytree(one_epoch / "outputs" / "r", run_dir)
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
@@ -166,7 +167,6 @@ class Exploit:
 
 
 def test_malicious_checkpoint_is_refused(one_epoch, tmp_path):
-    import shutil
     run_dir = tmp_path / "r"
     shutil.copytree(one_epoch / "outputs" / "r", run_dir)
     with open(run_dir / "checkpoint.pt", "wb") as handle:
@@ -184,7 +184,6 @@ def test_keep_every_kth_embedding(tmp_path):
 
 
 def test_resume_clears_half_written_leftovers(one_epoch, tmp_path):
-    import shutil
     run_dir = tmp_path / "r"
     shutil.copytree(one_epoch / "outputs" / "r", run_dir)
     (run_dir / ".checkpoint.pt.tmp999").write_bytes(b"half a checkpoint")

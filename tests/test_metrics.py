@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from metrics import discriminativeness
+from clviz.metrics import discriminativeness
 
 
 def test_metrics_match_a_hand_written_loop():

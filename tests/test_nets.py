@@ -1,7 +1,10 @@
+import math
+
 import pytest
 import torch
 
-from nets import LeNetsPP
+from clviz.speed import compiled_prelu
+from nets import HEAD_DEFAULTS, Head, LeNetsPP, PReLU
 
 
 @pytest.mark.parametrize("feat_dim", [2, 3])
@@ -34,9 +37,7 @@ def test_bf16_autocast_keeps_fp32_log_probs():
 
 # ---------- margin heads against the papers' formulas ----------
 
-import math  # noqa: E402
 
-from nets import HEAD_DEFAULTS, Head  # noqa: E402
 
 
 def reference_logits(kind, features, weight, labels, s, m):
@@ -118,8 +119,6 @@ def test_linear_head_is_the_papers_softmax_layer():
 
 # ---------- the fused PReLU kernel against PReLU's formula ----------
 
-import engine  # noqa: E402
-from nets import PReLU  # noqa: E402
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -132,7 +131,7 @@ def test_fused_prelu_matches_the_formula_and_its_gradients(channels_last, batch,
     g = torch.randn_like(x)
     fused = PReLU(16)
     fused.weight.data.uniform_(-0.5, 0.5)
-    fused.train_kernel = engine.compiled_prelu()
+    fused.train_kernel = compiled_prelu()
     xf = x.clone().requires_grad_()
     y = fused(xf)
     y.backward(g)
@@ -149,7 +148,7 @@ def test_network_with_the_fused_kernel_has_the_same_gradients(compiler):
     plain = LeNetsPP()
     fused = LeNetsPP()
     fused.load_state_dict(plain.state_dict())
-    fused.use_prelu_kernel(engine.compiled_prelu())
+    fused.use_prelu_kernel(compiled_prelu())
     images, labels = torch.randn(12, 1, 28, 28), torch.randint(0, 10, (12,))
     for model in (plain, fused):
         features, log_probs = model(images)

@@ -10,7 +10,6 @@ import shutil
 
 import pytest
 
-
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 if not (CHROMIUM and DRIVER):
@@ -18,15 +17,15 @@ if not (CHROMIUM and DRIVER):
         raise RuntimeError("chromium and chromedriver are required here: apt-get install chromium chromium-driver")
     pytest.skip("no chromium/chromedriver (apt-get install chromium chromium-driver)", allow_module_level=True)
 
+pytestmark = pytest.mark.slow
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium.webdriver.chrome.service import Service
-
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):

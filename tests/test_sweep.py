@@ -1,13 +1,17 @@
 """Sweeps as a user runs them: one command, a folder per member, grid, table, page."""
 
 import csv
+import shutil
 
 import pytest
 import yaml
 from PIL import Image
 
-import sweep
-from config import ConfigError
+import train
+from clviz import run as runlib
+from clviz import sweep
+from clviz.config import ConfigError
+from clviz.training import EpochRunner
 from tests.conftest import QUICK
 
 TINY = [*QUICK[:2], "--train-subset", "200", "--batch-size", "50", "--frame-duration-ms", "100"]
@@ -21,6 +25,7 @@ def rows(path):
 NAMES = ["lr=0.01__seed=0", "lr=0.01__seed=1", "lr=1e+06__seed=0", "lr=1e+06__seed=1"]
 
 
+@pytest.mark.slow
 def test_sweep_trains_every_combination_into_its_own_run_folder(small_sweep):
     sweep_dir, proc = small_sweep
     meta = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
@@ -37,6 +42,7 @@ def test_sweep_trains_every_combination_into_its_own_run_folder(small_sweep):
     assert "loss became" in proc.stdout  # the diverging members said why, and the sweep went on
 
 
+@pytest.mark.slow
 def test_sweep_draws_a_grid_with_a_shared_epoch_counter(small_sweep):
     sweep_dir, _ = small_sweep
     with Image.open(sweep_dir / "grid.gif") as gif:
@@ -50,6 +56,7 @@ def test_sweep_draws_a_grid_with_a_shared_epoch_counter(small_sweep):
     assert 'src="grid.gif"' in page and 'href="lr=1e+06__seed=1/index.html"' in page and "diverged" in page
 
 
+@pytest.mark.slow
 def test_results_table_averages_over_the_seeds(small_sweep):
     sweep_dir, proc = small_sweep
     table = (sweep_dir / "results.md").read_text()
@@ -63,10 +70,8 @@ def test_results_table_averages_over_the_seeds(small_sweep):
     assert "0/2 (diverged) | — |" in bad
 
 
+@pytest.mark.slow
 def test_resume_finishes_missing_members_and_extends_finished_ones(tmp_path, monkeypatch, capsys):
-    import shutil
-
-    import train
     monkeypatch.chdir(tmp_path)
     assert train.main([*TINY, "--train-subset", "100", "--epochs", "1", "--sweep", "center_update=sgd,paper",
                        "--run-name", "r"]) == 0
@@ -93,7 +98,6 @@ def test_resume_finishes_missing_members_and_extends_finished_ones(tmp_path, mon
     (["--sweep", "head_margin=0.1,0.2"], "applies to the cosface and arcface heads"),
 ])
 def test_bad_sweeps_are_one_line_and_write_nothing(tmp_path, monkeypatch, capsys, argv, message):
-    import train
     monkeypatch.chdir(tmp_path)
     assert train.main([*TINY, *argv]) == 2
     err = capsys.readouterr().err
@@ -108,25 +112,25 @@ def test_parse_axes_types_the_values():
         sweep.parse_axes(["lr=0.1", "lr=0.2"])
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_sweep_keeps_finished_work_and_resume_completes_it(tmp_path, monkeypatch, capsys):
-    import train
     monkeypatch.chdir(tmp_path)
-    real = train.train_one_epoch
+    real = EpochRunner.run
 
-    def interrupted_in_second_member(parts, split, cfg, *args, **kwargs):
-        if cfg.seed == 1:
+    def interrupted_in_second_member(self, *args, **kwargs):
+        if self.cfg.seed == 1:
             raise KeyboardInterrupt
-        return real(parts, split, cfg, *args, **kwargs)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(train, "train_one_epoch", interrupted_in_second_member)
+    monkeypatch.setattr(EpochRunner, "run", interrupted_in_second_member)
     argv = [*TINY, "--train-subset", "100", "--epochs", "1", "--sweep", "seed=0,1,2", "--run-name", "c"]
-    assert train.main(argv) == train.EXIT_INTERRUPTED
+    assert train.main(argv) == runlib.EXIT_INTERRUPTED
     out = capsys.readouterr().out
     sweep_dir = tmp_path / "outputs" / "c"
     assert "sweep interrupted; resume with: python train.py --resume outputs/c" in out
     summary = rows(sweep_dir / "summary.csv")
     assert [r["status"] for r in summary] == ["finished", "interrupted", "not started"]
     assert (sweep_dir / "grid.gif").is_file() and (sweep_dir / "index.html").is_file()  # drawn from what finished
-    monkeypatch.setattr(train, "train_one_epoch", real)
+    monkeypatch.setattr(EpochRunner, "run", real)
     assert train.main(["--resume", str(sweep_dir)]) == 0
     assert [r["status"] for r in rows(sweep_dir / "summary.csv")] == ["finished"] * 3

@@ -1,7 +1,7 @@
 """The sweep's grid: one panel per member (its test features), one picture per
 epoch with a shared epoch counter, stitched into grid.gif; grid.png is the
 final epoch. Drawn from the members' saved embeddings, so
-`python visualize.py outputs/<sweep>` can redo it without retraining.
+`python frames.py outputs/<sweep>` can redo it without retraining.
 
 Layout: the first sweep axis runs across the columns, every combination of
 the other axes gets a row; a single long axis wraps after five panels. A
@@ -14,9 +14,13 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from matplotlib.figure import Figure
 
-import visualize
-from runfiles import atomic_path
+from clviz import frames, runfiles
+from clviz.background import BackgroundRenderer
+from clviz.config import Config
+from clviz.gif import write_gif
+from clviz.runfiles import atomic_path
 
 PANEL_INCHES = 3.1
 MAX_COLUMNS = 5
@@ -55,34 +59,33 @@ def position(meta: dict, index: int) -> int:
 
 def member_ratios(run_dir: Path) -> dict:
     """{epoch: intra/inter ratio as text} from the member's metrics.csv."""
-    import runfiles
     if not (run_dir / runfiles.METRICS).is_file():
         return {}
     return {int(row["epoch"]): f"{float(row['intra_inter_ratio']):.2f}" for row in runfiles.read_metrics(run_dir)
             if row.get("intra_inter_ratio")}
 
 
+def value_text(value) -> str:
+    """A sweep value as written in member names and labels."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _label(values: dict) -> str:
-    from sweep import value_text
     return "  ".join(f"{'λ' if key == 'center_loss_weight' else key} = {value_text(value)}" for key, value in values.items())
 
 
 def member_frames(sweep_dir: Path, member: dict) -> dict:
     """{epoch: npz path} and the member's fixed axis limits."""
-    files = visualize.embedding_files(Path(sweep_dir) / member["name"])
-    return {int(path.stem.split("_")[1]): path for path in files}
+    files = runfiles.embedding_files(Path(sweep_dir) / member["name"])
+    return {runfiles.epoch_of(path): path for path in files}
 
 
 def render_grid_frame(sweep_dir: str, meta: dict, epoch: int, last_epoch: int, plan: list, out_path: str,
                       max_points: Optional[int], regions: bool) -> str:
     """plan: per member (npz path or None, limits or None, stopped_text)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows, columns = layout(meta)
-    fig, axes = plt.subplots(rows, columns, figsize=(PANEL_INCHES * columns + 1.2, PANEL_INCHES * rows + 0.9),
-                             dpi=80, squeeze=False)
+    fig = Figure(figsize=(PANEL_INCHES * columns + 1.2, PANEL_INCHES * rows + 0.9), dpi=80)
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -95,63 +98,60 @@ def render_grid_frame(sweep_dir: str, meta: dict, epoch: int, last_epoch: int, p
         if npz is None:
             ax.set_title(f"{_label(member['values'])}\n{note or 'no epoch finished'}", fontsize=9)
             continue
-        emb = visualize.load_embeddings(Path(npz))
+        emb = runfiles.load_embeddings(Path(npz))
         head = str(emb.get("head", "linear"))
-        angular = visualize.FrameOptions().view_for(head) == "angular"
-        features, labels = visualize.subset_points(emb["test_features"], emb["test_labels"], max_points)
+        angular = frames.FrameOptions().view_for(head) == "angular"
+        features, labels = frames.subset_points(emb["test_features"], emb["test_labels"], max_points)
         centers = emb["centers"][:, :2]
         if angular:
-            features, centers = visualize.unit_vectors(features), visualize.unit_vectors(centers)
-            limits = visualize.ANGULAR_LIMITS
-            visualize.draw_unit_circle(ax)
+            features, centers = frames.unit_vectors(features), frames.unit_vectors(centers)
+            limits = frames.ANGULAR_LIMITS
+            frames.draw_unit_circle(ax)
         weight = emb.get("head_weight")
         if regions and weight is not None and weight.shape[1] == 2:
-            visualize.show_regions(ax, visualize.decision_regions(limits, head, weight, emb.get("head_bias"), resolution=160),
+            frames.show_regions(ax, frames.decision_regions(limits, head, weight, emb.get("head_bias"), resolution=160),
                                    limits)
-        for digit, colour in enumerate(visualize.DIGIT_COLOURS):
+        for digit, colour in enumerate(frames.DIGIT_COLOURS):
             mine = features[labels == digit]
             ax.plot(mine[:, 0], mine[:, 1], linestyle="none", marker=".", markersize=1.0, alpha=0.4, color=colour,
                     rasterized=True)
-        ax.scatter(centers[:, 0], centers[:, 1], s=70, marker="*", c=visualize.DIGIT_COLOURS, edgecolors="black",
+        ax.scatter(centers[:, 0], centers[:, 1], s=70, marker="*", c=frames.DIGIT_COLOURS, edgecolors="black",
                    linewidths=0.9, zorder=5)
         ax.set_xlim(limits[0], limits[1])
         ax.set_ylim(limits[2], limits[3])
         ax.set_aspect("equal", adjustable="box")
         ax.set_title(f"{_label(member['values'])}\ntest {float(emb['test_acc']):.2f}%" + (f" · {note}" if note else ""),
                      fontsize=9)
-        dataset = dataset or str(emb["title"]).split("·")[-1].strip()
+        dataset = dataset or str(emb["dataset"])
     seed = f"  ·  seed {meta['seed_shown']} of each setting" if "seed_shown" in meta else ""
     fig.suptitle(f"epoch {epoch}/{last_epoch}  ·  test features  ·  {dataset}{seed}", fontsize=13)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     with atomic_path(Path(out_path)) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return out_path
 
 
-def make_grid(sweep_dir: Path, *, max_points: Optional[int] = 4000, regions: bool = True, duration_ms: int = 300,
-              hold_last_ms: int = 2000) -> Optional[Path]:
-    """grid_frames/epoch_NNN.png for every epoch any member reached, grid.gif and grid.png.
+def make_grid(sweep_dir: Path, cfg: Config) -> Optional[Path]:
+    """grid_frames/epoch_NNN.png for every epoch any member reached, grid.gif and grid.png,
+    with the sweep's shared config `cfg` (grid_* and frame_regions).
     A member that stopped early (diverged, interrupted) keeps its last picture, marked so."""
-    import sweep
-
     sweep_dir = Path(sweep_dir)
-    meta = grid_members(sweep.read_meta(sweep_dir))
-    statuses = {row["member"]: row["status"] for row in sweep.read_summary(sweep_dir)}
-    frames = [member_frames(sweep_dir, member) for member in meta["members"]]
+    meta = grid_members(runfiles.read_sweep_meta(sweep_dir))
+    statuses = {row["member"]: row["status"] for row in runfiles.read_summary(sweep_dir)}
+    member_files = [member_frames(sweep_dir, member) for member in meta["members"]]
     ratios = [member_ratios(sweep_dir / member["name"]) for member in meta["members"]]
-    limits = [visualize.run_limits(list(f.values())) if f else None for f in frames]
-    last_epoch = max((max(f) for f in frames if f), default=0)
+    limits = [frames.run_limits(list(f.values())) if f else None for f in member_files]
+    last_epoch = max((max(f) for f in member_files if f), default=0)
     if last_epoch == 0:
         return None
     out_dir = sweep_dir / "grid_frames"
     out_dir.mkdir(exist_ok=True)
-    renderer = visualize.BackgroundRenderer(workers=max(1, min(2, os.cpu_count() or 1)))
+    renderer = BackgroundRenderer(workers=max(1, min(2, os.cpu_count() or 1)))
     pngs = []
     try:
         for epoch in range(1, last_epoch + 1):
             plan = []
-            for member, available, member_limits, ratio in zip(meta["members"], frames, limits, ratios):
+            for member, available, member_limits, ratio in zip(meta["members"], member_files, limits, ratios):
                 earlier = [e for e in available if e <= epoch]
                 status = statuses.get(member["name"], "")
                 if not earlier:
@@ -164,13 +164,13 @@ def make_grid(sweep_dir: Path, *, max_points: Optional[int] = 4000, regions: boo
                     note = f"{status or 'stopped'} after epoch {shown}"
                 plan.append((str(available[shown]), member_limits, note))
             png = out_dir / f"epoch_{epoch:03d}.png"
-            renderer.submit_call(render_grid_frame, str(sweep_dir), meta, epoch, last_epoch, plan, str(png),
-                                 max_points, regions)
+            renderer.submit(render_grid_frame, str(sweep_dir), meta, epoch, last_epoch, plan, str(png),
+                            cfg.grid_max_points, cfg.frame_regions)
             pngs.append(png)
         renderer.wait()
     finally:
         renderer.close()
-    visualize.write_gif(pngs, sweep_dir / "grid.gif", duration_ms=duration_ms, hold_last_ms=hold_last_ms)
+    write_gif(pngs, sweep_dir / "grid.gif", duration_ms=cfg.grid_duration_ms, hold_last_ms=cfg.grid_hold_last_ms)
     with atomic_path(sweep_dir / "grid.png") as tmp:
         tmp.write_bytes(pngs[-1].read_bytes())
     return sweep_dir / "grid.gif"

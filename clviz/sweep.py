@@ -7,7 +7,7 @@ trained one after another into one folder and drawn side by side.
 
 outputs/<sweep>/
     sweep.yaml          the axes, the members and the shared config
-    <key=value>/        one ordinary run folder per member (see runfiles.py)
+    <key=value>/        one ordinary run folder per member (see run.py, runfiles.py)
     summary.csv         one row per member: status and final metrics
     results.md          the same as a table; over a `seed` axis, mean ± std per setting
     grid_frames/        one picture per epoch, a panel per member (test features)
@@ -20,9 +20,7 @@ recorded as such and the sweep goes on; Ctrl-C stops the sweep after saving
 the current member's finished epochs, and --resume picks up where it stopped.
 """
 
-import csv
 import dataclasses
-import io
 import itertools
 import shutil
 import statistics
@@ -30,23 +28,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import yaml
+from clviz import config as configlib
+from clviz import grid, report, run, runfiles
+from clviz.background import BackgroundRenderer
+from clviz.config import ConfigError
+from clviz.grid import value_text
+from clviz.runfiles import RunError
 
-import config as configlib
-import runfiles
-import visualize
-from config import ConfigError
-from runfiles import RunError
-
-SWEEP_FILE = "sweep.yaml"
-SUMMARY = "summary.csv"
 NOT_SWEEPABLE = ("output_dir", "run_name")
-EXIT_INTERRUPTED = 130  # as train.py
 FINAL_COLUMNS = ("test_acc", "nearest_center_acc", "intra", "inter", "intra_inter_ratio")
-
-
-def is_sweep(path: Optional[str]) -> bool:
-    return bool(path) and (Path(path) / SWEEP_FILE).is_file()
 
 
 def parse_axes(specs: list) -> list:
@@ -69,10 +59,6 @@ def parse_axes(specs: list) -> list:
             raise ConfigError(f"--sweep {key} repeats a value ({values}); list each value once")
         axes.append((key, typed))
     return axes
-
-
-def value_text(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def member_name(values: dict) -> str:
@@ -104,50 +90,39 @@ def start(args) -> tuple:
     sweep_dir.mkdir()
     meta = {"axes": [{"key": key, "values": values} for key, values in axes], "members": members,
             "config_file": config_name, "config": configlib.to_dict(base)}
-    runfiles.write_text(sweep_dir / SWEEP_FILE, yaml.safe_dump(meta, sort_keys=False))
+    runfiles.write_sweep_meta(sweep_dir, meta)
     return sweep_dir, base, members
-
-
-def read_meta(sweep_dir: Path) -> dict:
-    try:
-        return yaml.safe_load((Path(sweep_dir) / SWEEP_FILE).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise RunError(f"cannot read {Path(sweep_dir) / SWEEP_FILE} ({err}); it was not written by train.py --sweep") from None
 
 
 def main(args) -> int:
     """Train every member that has not finished; then summary, grid and page."""
-    import train  # the single-run machinery; imported here because train imports this module
-
     resume_dir = getattr(args, "resume", None)
     if resume_dir:
         sweep_dir = Path(resume_dir)
-        overrides = train.resume_overrides(args)
-        meta = read_meta(sweep_dir)
+        overrides = run.resume_overrides(args)
+        meta = runfiles.read_sweep_meta(sweep_dir)
         base = configlib.build(overrides, from_text=True, base=configlib.build(meta["config"]))
         members = meta["members"]
     else:
         sweep_dir, base, members = start(args)
         overrides = {}
-    previous = {row["member"]: row["status"] for row in read_summary(sweep_dir)}
+    previous = {row["member"]: row["status"] for row in runfiles.read_summary(sweep_dir)}
     print(f"sweep {sweep_dir}: {len(members)} members, {base.epochs} epochs each")
-    renderer = visualize.BackgroundRenderer()  # one drawing process for every member
+    renderer = BackgroundRenderer()  # one drawing process for every member
     try:
         code = train_members(sweep_dir, base, members, overrides, previous, renderer)
     except KeyboardInterrupt:  # between members (a member's own epochs handle Ctrl-C themselves)
-        code = EXIT_INTERRUPTED
+        code = run.EXIT_INTERRUPTED
     finally:
         renderer.close()
     finish(sweep_dir)
-    if code == EXIT_INTERRUPTED:
+    if code == run.EXIT_INTERRUPTED:
         print(f"sweep interrupted; resume with: python train.py --resume {sweep_dir}")
         return code
     return 0
 
 
 def train_members(sweep_dir: Path, base, members: list, overrides: dict, previous: dict, renderer) -> int:
-    import train
-
     datasets, code = {}, 0
     for number, member in enumerate(members, start=1):
         member_dir = sweep_dir / member["name"]
@@ -157,7 +132,7 @@ def train_members(sweep_dir: Path, base, members: list, overrides: dict, previou
         cfg = dataclasses.replace(base, **member["values"], output_dir=str(sweep_dir), run_name=member["name"])
         checkpoint = None
         if (member_dir / runfiles.CHECKPOINT).is_file():
-            cfg, checkpoint = train.resumed_config(runfiles.existing_run_dir(member_dir), overrides)
+            cfg, checkpoint = run.resumed_config(runfiles.existing_run_dir(member_dir), overrides)
             if checkpoint["epoch"] >= cfg.epochs:
                 continue
         elif member_dir.exists():
@@ -165,42 +140,32 @@ def train_members(sweep_dir: Path, base, members: list, overrides: dict, previou
         print(f"[{number}/{len(members)}] {member['name']}")
         data_key = (cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.allow_sample_fallback)
         if data_key not in datasets:
-            datasets[data_key] = train.load_dataset(cfg)
-        session = train.open_session(cfg, checkpoint=checkpoint, run_dir=member_dir if checkpoint else None,
+            datasets[data_key] = run.load_dataset(cfg)
+        session = run.open_session(cfg, checkpoint=checkpoint, run_dir=member_dir if checkpoint else None,
                                      dataset=datasets[data_key])
-        code = train.fit(session, renderer)
-        previous[member["name"]] = {0: "finished", train.EXIT_DIVERGED: "diverged"}.get(code, "interrupted")
+        code = run.fit(session, renderer)
+        previous[member["name"]] = {0: "finished", run.EXIT_DIVERGED: "diverged"}.get(code, "interrupted")
         write_summary(sweep_dir, members, previous)
-        if code == EXIT_INTERRUPTED:
+        if code == run.EXIT_INTERRUPTED:
             break
     return code
 
 
 def finish(sweep_dir: Path) -> None:
     """Summary, results table, grid GIF and page from what is on disk."""
-    import grid
-    import report
-
-    meta = read_meta(sweep_dir)
-    rows = write_summary(sweep_dir, meta["members"], {row["member"]: row["status"] for row in read_summary(sweep_dir)})
+    meta = runfiles.read_sweep_meta(sweep_dir)
+    statuses = {row["member"]: row["status"] for row in runfiles.read_summary(sweep_dir)}
+    rows = write_summary(sweep_dir, meta["members"], statuses)
     table = results_table(meta, rows)
     runfiles.write_text(sweep_dir / "results.md", table)
     print(table)
-    made = grid.make_grid(sweep_dir)
+    made = grid.make_grid(sweep_dir, configlib.build(meta["config"]))
     report.write_sweep_report(sweep_dir)
     if made:
         print(f"wrote {sweep_dir / 'grid.gif'}, grid.png, metrics.png and {sweep_dir / 'index.html'} (open it in a browser)")
 
 
 # ---------- summary ----------
-
-def read_summary(sweep_dir: Path) -> list:
-    path = Path(sweep_dir) / SUMMARY
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
 
 def write_summary(sweep_dir: Path, members: list, statuses: dict) -> list:
     """One row per member from its metrics.csv (the last finished epoch)."""
@@ -209,8 +174,7 @@ def write_summary(sweep_dir: Path, members: list, statuses: dict) -> list:
         member_dir = Path(sweep_dir) / member["name"]
         metrics = runfiles.read_metrics(member_dir) if (member_dir / runfiles.METRICS).is_file() else []
         last = metrics[-1] if metrics else {}
-        epochs = configlib.build(yaml.safe_load((member_dir / "config.yaml").read_text())).epochs \
-            if (member_dir / "config.yaml").is_file() else ""
+        epochs = runfiles.read_config(member_dir).get("epochs", "")
         status = statuses.get(member["name"]) or ("not started" if not metrics else "interrupted")
         if metrics and epochs and len(metrics) >= epochs:
             status = "finished"
@@ -218,11 +182,7 @@ def write_summary(sweep_dir: Path, members: list, statuses: dict) -> list:
                "epochs_done": len(metrics), "epochs": epochs, "dataset": last.get("dataset", "")}
         row.update({column: last.get(column, "") for column in FINAL_COLUMNS})
         rows.append(row)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0].keys()), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    runfiles.write_text(Path(sweep_dir) / SUMMARY, buffer.getvalue())
+    runfiles.write_summary(sweep_dir, rows)
     return rows
 
 

