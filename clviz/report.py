@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from clviz import runfiles
 from clviz.runfiles import atomic_path
@@ -51,7 +51,7 @@ def draw_metrics(run_dir: Path) -> Path:
             if values is None:
                 continue
             if log and (values > 0).all():
-                ax.set_yscale("log")
+                set_log_scale(ax)
             ax.plot(epoch, values, marker="o", markersize=3, color=colour, label=label)
         _epoch_axis(ax)
         ax.set_ylabel(ylabel)
@@ -79,13 +79,26 @@ def draw_sweep_metrics(sweep_dir: Path, members: list) -> Path:
                 ax.plot(epoch, values, marker="o", markersize=3, color=colour, label=member["name"])
     acc_ax.set_ylabel("test accuracy (%)")
     ratio_ax.set_ylabel("intra / inter (lower = more discriminative)")
-    ratio_ax.set_yscale("log")
+    set_log_scale(ratio_ax)
     for ax in (acc_ax, ratio_ax):
         _epoch_axis(ax)
     if acc_ax.lines:
         ratio_ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(f"{Path(sweep_dir).name}: every member")
     return _save(fig, Path(sweep_dir) / "metrics.png")
+
+
+def set_log_scale(ax) -> None:
+    """A log axis labelled with plain numbers (0.2, 0.5, 4) rather than 2×10⁻¹ or 4×10⁰."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+
+    def minor(value, _):
+        # Label the minor ticks only when the axis spans less than a decade (else it could show no number at all).
+        low, high = ax.get_ylim()
+        return f"{value:g}" if high / max(low, 1e-12) < 10 else ""
+
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _epoch_axis(ax) -> None:

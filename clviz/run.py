@@ -115,14 +115,24 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
         f"({len(dataset.train):,} train / {len(dataset.test):,} test images)")
     if dataset.notice:
         log(f"notice: {dataset.notice}")
-    log("config:\n  " + configlib.to_yaml(cfg).strip().replace("\n", "\n  "))
+    log("config:\n  " + configlib.to_yaml(cfg).strip().replace("\n", "\n  "), console=False)
+    log(f"config: {config_changes(cfg)} (all of it in {run_dir / runfiles.CONFIG})")
     runner = EpochRunner(parts, dataset.train, cfg, speed)
     return Session(cfg, run_dir, device, speed, dataset, parts, runner, generator, start_epoch, metrics, log)
 
 
+def config_changes(cfg: Config) -> str:
+    """The fields that differ from the defaults, as `key=value` (the console's view of the config)."""
+    defaults = Config()
+    skip = {"run_name"}
+    changed = [f"{name}={value}" for name, value in configlib.to_dict(cfg).items()
+               if name not in skip and value != getattr(defaults, name)]
+    return ", ".join(changed) if changed else "the defaults"
+
+
 def load_dataset(cfg: Config) -> datalib.Dataset:
     return datalib.load(cfg.dataset, cfg.data_dir, allow_sample_fallback=cfg.allow_sample_fallback,
-                        train_subset=cfg.train_subset)
+                        train_subset=cfg.train_subset, mean=cfg.input_mean, std=cfg.input_std)
 
 
 def default_run_name(output_dir: str, config_name: str) -> str:
@@ -178,6 +188,7 @@ def metrics_row(s: Session, epoch: int, lr: float, train, test_nll: float, test_
                 seconds: float) -> dict:
     """One line of metrics.csv (columns documented in the README)."""
     return dict(epoch=epoch, dataset=s.dataset.name, nll=round(train.nll, 6), center_loss=round(train.center_loss, 6),
+                center_loss_weight=train.center_loss_weight,
                 train_acc=round(train.accuracy, 4), test_nll=round(test_nll, 6), test_acc=round(test_acc, 4),
                 nearest_center_acc=round(shape["nearest_center_acc"], 4), intra=round(shape["intra"], 5),
                 inter=round(shape["inter"], 5), intra_inter_ratio=round(shape["ratio"], 5), lr=lr,
@@ -229,5 +240,6 @@ def finish(s: Session, renderer, own_renderer: bool = True) -> None:
     written = gif.make_gif(s.run_dir, s.cfg, renderer=None if own_renderer else renderer)
     if written:
         page = report.write_run_report(s.run_dir)
-        s.log(f"wrote {written} ({len(runfiles.embedding_files(s.run_dir))} frames), frames/epoch_*.png, metrics.png "
+        count = len(runfiles.embedding_files(s.run_dir))
+        s.log(f"wrote {written} ({count} frame{'s' if count != 1 else ''}), frames/epoch_*.png, metrics.png "
               f"and {page} (open it in a browser)")

@@ -185,8 +185,10 @@ class RunLog:
     def __init__(self, run_dir: Optional[Path]):
         self.path = run_dir / "log.txt" if run_dir else None
 
-    def __call__(self, message: str) -> None:
-        tqdm.write(message)
+    def __call__(self, message: str, console: bool = True) -> None:
+        """`console=False`: log.txt only (the full config, which config.yaml also holds)."""
+        if console:
+            tqdm.write(message)
         if self.path:
             with open(self.path, "a") as handle:
                 handle.write(message + "\n")

@@ -98,7 +98,16 @@ def resolve_speed(cfg: Config, device: torch.device, train_steps: Optional[int] 
     channels_last = {"on": True, "off": False}.get(cfg.channels_last, bf16)
     if cfg.cuda_graphs == "on" and not on_cuda:
         raise ValueError("--cuda-graphs on needs a CUDA GPU (this run is on the CPU); use --cuda-graphs auto or off")
-    cuda_graphs = on_cuda and cfg.cuda_graphs != "off"
+    if cfg.cuda_graphs == "on" and (cfg.augment_shift or cfg.augment_rotate or cfg.augment_scale):
+        raise ValueError("--cuda-graphs on cannot record the augmentation's random draws; set the --augment-* "
+                         "flags to 0 or use --cuda-graphs off")
+    if cfg.cuda_graphs == "on" and cfg.lr_schedule != "step":
+        raise ValueError(f"--cuda-graphs on needs a learning rate that is constant within an epoch (a captured step "
+                         f"holds it), but --lr-schedule {cfg.lr_schedule} changes it every step; use --lr-schedule step "
+                         "or --cuda-graphs off")
+    # The captured step has not yet run on a real GPU: until its GPU test has passed
+    # there, auto leaves it off and `on` is the user's own choice.
+    cuda_graphs = on_cuda and cfg.cuda_graphs == "on"
     threads = cfg.num_threads or torch.get_num_threads()  # torch's default: one per physical core
     fused, note = resolve_fused_prelu(cfg.fused_prelu, device, bf16, channels_last, train_steps)
     return Speed(bf16=bf16, channels_last=channels_last, cuda_graphs=cuda_graphs, threads=threads,

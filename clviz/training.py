@@ -53,6 +53,55 @@ class Parts:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
+def center_loss_weight_at(cfg: Config, t: float) -> float:
+    """lambda at training time t (in epochs from the start, 0 <= t < epochs):
+    0 for the first `center_loss_delay` epochs, then a linear rise over
+    `center_loss_ramp` epochs to `center_loss_weight`, then constant.
+    The delay lets softmax separate the classes before the pull starts:
+    pulled from step 0, the 2-D features collapse onto the (still mixed)
+    centers, or diverge at lambda 1."""
+    if t < cfg.center_loss_delay:
+        return 0.0
+    if t < cfg.center_loss_delay + cfg.center_loss_ramp:
+        return cfg.center_loss_weight * (t - cfg.center_loss_delay) / cfg.center_loss_ramp
+    return cfg.center_loss_weight
+
+
+def lr_at(cfg: Config, t: float, steps_per_epoch: int = 1) -> float:
+    """The 'cosine' schedule's network learning rate at time t (in epochs):
+    lr * (1 + cos(pi * t / epochs)) / 2, from lr at the start to ~0 at the end,
+    times min(1, (t + one step) / lr_warmup) during a warm-up."""
+    rate = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t / cfg.epochs))
+    if cfg.lr_warmup > 0:
+        rate *= min(1.0, (t + 1.0 / steps_per_epoch) / cfg.lr_warmup)
+    return rate
+
+
+def augments(cfg: Config) -> bool:
+    return cfg.augment_shift > 0 or cfg.augment_rotate > 0 or cfg.augment_scale > 0
+
+
+def augment(images: torch.Tensor, cfg: Config, generator: torch.Generator) -> torch.Tensor:
+    """A random affine map per image (B, 1, 28, 28), on the images' device:
+    rotation up to +-augment_rotate degrees, zoom by [1 - s, 1 + s], shift up to
+    +-augment_shift pixels. The draws come from the CPU `generator` (the
+    checkpointed data-order one, so a resumed run draws the same). Pixels from
+    outside the image take the border's value (background, after normalising)."""
+    n = images.shape[0]
+
+    def uniform(half_width):
+        return (torch.rand(n, generator=generator) * 2 - 1) * half_width
+
+    angle = uniform(math.radians(cfg.augment_rotate))
+    zoom = 1.0 + uniform(cfg.augment_scale)
+    shift = uniform(cfg.augment_shift * 2 / images.shape[-1])  # affine_grid's coordinates span [-1, 1]
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    shift_y = uniform(cfg.augment_shift * 2 / images.shape[-2])
+    theta = torch.stack([torch.stack([cos, -sin, shift], 1), torch.stack([sin, cos, shift_y], 1)], 1)
+    grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
+
+
 def build_parts(cfg: Config, device: torch.device, speed: Speed) -> Parts:
     """Weights and centers drawn from the global RNG: seed it first."""
     model = LeNetsPP(feat_dim=cfg.feat_dim, num_classes=NUM_CLASSES, classifier_bias=cfg.classifier_bias,
@@ -60,11 +109,15 @@ def build_parts(cfg: Config, device: torch.device, speed: Speed) -> Parts:
     model = model.to(device, memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)
     if speed.fused_prelu:
         model.use_prelu_kernel(compiled_prelu())
-    center_loss = CenterLoss(NUM_CLASSES, cfg.feat_dim, update=cfg.center_update, alpha=cfg.center_alpha).to(device)
+    center_loss = CenterLoss(NUM_CLASSES, cfg.feat_dim, update=cfg.center_update, alpha=cfg.center_alpha,
+                             normalize=cfg.center_loss_normalize).to(device)
     net_optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     # Plain SGD for the centers: no momentum, no weight decay (decay would drag them to the origin).
     center_optimizer = torch.optim.SGD(center_loss.parameters(), lr=cfg.center_lr) if cfg.center_update == "sgd" else None
-    scheduler = torch.optim.lr_scheduler.StepLR(net_optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    # Under 'cosine' the runner sets every step's lr (lr_at) and StepLR stays inert (gamma 1),
+    # so checkpoints have the same parts either way.
+    gamma = cfg.lr_gamma if cfg.lr_schedule == "step" else 1.0
+    scheduler = torch.optim.lr_scheduler.StepLR(net_optimizer, step_size=cfg.lr_step, gamma=gamma)
     return Parts(model, center_loss, net_optimizer, center_optimizer, scheduler)
 
 
@@ -76,6 +129,7 @@ class EpochResult:
     center_loss: float
     accuracy: float  # percent
     features: torch.Tensor  # (N, feat_dim) float32 on the CPU, in dataset order, as seen while training
+    center_loss_weight: float  # lambda at the epoch's last step (the warm-up shows here)
 
 
 class StepBuffers:
@@ -90,14 +144,18 @@ class StepBuffers:
         self.features = torch.zeros(len(train), feat_dim, device=train.images.device)
 
 
-def forward_backward(parts: Parts, train: Split, cfg: Config, speed: Speed, index: torch.Tensor) -> tuple:
-    """Gradients of one batch; returns (nll, center loss, features, log_probs, labels)."""
+def forward_backward(parts: Parts, train: Split, speed: Speed, index: torch.Tensor, weight: torch.Tensor,
+                     images: Optional[torch.Tensor] = None) -> tuple:
+    """Gradients of one batch at center-loss weight `weight` (lambda, a 0-dim
+    device tensor); `images` replaces train.images[index] (augmented ones).
+    Returns (nll, center loss, features, log_probs, labels)."""
     model, device = parts.model, train.images.device
-    images, labels = to_layout(train.images[index], speed), train.labels[index]
+    images = to_layout(train.images[index] if images is None else images, speed)
+    labels = train.labels[index]
     with autocast(device, speed):
         features, log_probs = model(images)
     nll = F.nll_loss(model.margin_log_probs(features, log_probs, labels), labels)
-    pull = parts.center_loss(scale_feature_grad(features, cfg.center_loss_weight), labels)
+    pull = parts.center_loss(scale_feature_grad(features, weight), labels)
     parts.net_optimizer.zero_grad(set_to_none=True)
     if parts.center_optimizer:
         parts.center_optimizer.zero_grad(set_to_none=True)
@@ -123,20 +181,23 @@ def update_and_record(parts: Parts, cfg: Config, buffers: StepBuffers, index: to
 
 class EpochRunner:
     """Trains `parts` on one training split (already on the device), epoch by
-    epoch. It owns the split's StepBuffers and, with CUDA graphs, the captured
-    step: both write to fixed addresses, so they belong to this split only."""
+    epoch. It owns the split's StepBuffers, lambda as a device scalar (set
+    before every step, so a captured step reads the current value) and, with
+    CUDA graphs, the captured step: they sit at fixed addresses, so they
+    belong to this split only."""
 
     def __init__(self, parts: Parts, train: Split, cfg: Config, speed: Speed):
         self.parts, self.train, self.cfg, self.speed = parts, train, cfg, speed
         self.device = train.images.device
         self.buffers = StepBuffers(train, cfg.feat_dim)
+        self.weight = torch.zeros((), device=self.device)
         self.graph = None
         if speed.cuda_graphs:
             self.graph = GraphedStep(self.whole_step, cfg.batch_size, self.device, record=self.device.type == "cuda")
 
     def whole_step(self, index: torch.Tensor) -> None:
         """One step with no host sync: what a CUDA graph records."""
-        batch = forward_backward(self.parts, self.train, self.cfg, self.speed, index)
+        batch = forward_backward(self.parts, self.train, self.speed, index, self.weight)
         update_and_record(self.parts, self.cfg, self.buffers, index, batch)
 
     def run(self, generator: torch.Generator, *, epoch: int, show_progress: bool = True) -> EpochResult:
@@ -157,10 +218,16 @@ class EpochRunner:
         bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, position=1,
                    disable=not show_progress, dynamic_ncols=True)
         for step, index in enumerate(bar, start=1):
+            t = epoch - 1 + (step - 1) / len(batches)  # training time in epochs
+            self.weight.fill_(center_loss_weight_at(cfg, t))
+            if cfg.lr_schedule == "cosine":
+                for group in parts.net_optimizer.param_groups:
+                    group["lr"] = lr_at(cfg, t, len(batches))
             if self.graph is not None and len(index) == cfg.batch_size:
                 self.graph(index, parts.net_optimizer.param_groups[0]["lr"])
                 continue
-            batch = forward_backward(parts, train, cfg, self.speed, index)
+            images = augment(train.images[index], cfg, generator) if augments(cfg) else None
+            batch = forward_backward(parts, train, self.speed, index, self.weight, images)
             nll, pull = batch[0], batch[1]
             if check_each_step and not torch.isfinite(nll + pull):
                 raise Diverged(f"loss became {float(nll + pull)} at epoch {epoch}, step {step} "
@@ -177,7 +244,7 @@ class EpochRunner:
                            f"(nll sum {totals[0]:.4g}, center sum {totals[1]:.4g})")
         n = len(train)
         features = buffers.features.to("cpu", copy=True)  # a copy also on the CPU: the buffer is reused next epoch
-        return EpochResult(totals[0] / n, totals[1] / n, 100 * totals[2] / n, features)
+        return EpochResult(totals[0] / n, totals[1] / n, 100 * totals[2] / n, features, float(self.weight))
 
 
 @torch.no_grad()

@@ -150,3 +150,8 @@ def app_epochs(cfg, run_speed, device=torch.device("cpu"), split=None, epochs=1)
 def plain(cfg, **changes):
     """A Config with changes, every speed switch off unless changed."""
     return dataclasses.replace(cfg, **{"bf16": "off", "channels_last": "off", "fused_prelu": "off", **changes})
+
+
+def textbook(cfg, **changes):
+    """plain(), and the recipe reference_epoch writes out: lambda from the first step, StepLR."""
+    return plain(cfg, **{"lr_schedule": "step", "center_loss_delay": 0.0, "center_loss_ramp": 0.0, **changes})

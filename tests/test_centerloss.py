@@ -22,10 +22,31 @@ def test_loss_matches_hand_written_loop():
     assert loss(features, labels).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_loss_gradcheck_float64():
+def naive_class_loss(features, labels, centers):
+    """The seed blog's normalisation as a loop: each term over its class's count in the batch."""
+    counts = {y: labels.count(y) for y in labels}
+    total = 0.0
+    for x, y in zip(features, labels):
+        total = total + 0.5 * sum((x[d] - centers[y][d]) ** 2 for d in range(len(x))) / counts[y]
+    return total / len(labels)
+
+
+def test_class_normalised_loss_matches_hand_written_loop():
+    torch.manual_seed(0)
+    loss = CenterLoss(10, 3, normalize="class")
+    features, labels = torch.randn(23, 3), torch.tensor([0, 0, 0, 1, 2, 2, 5, 5, 5, 5, 5, 9] + [3] * 11)
+    expected = naive_class_loss(features.tolist(), labels.tolist(), loss.centers.tolist())
+    assert loss(features, labels).item() == pytest.approx(expected, rel=1e-6)
+    batch = CenterLoss(10, 3)
+    batch.load_state_dict(loss.state_dict())
+    assert loss(features, labels).item() != pytest.approx(batch(features, labels).item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("normalize", ["batch", "class"])
+def test_loss_gradcheck_float64(normalize):
     """Autograd's gradients of the module, wrt features and centers, against finite differences."""
     torch.manual_seed(1)
-    loss = CenterLoss(4, 2).double()
+    loss = CenterLoss(4, 2, normalize=normalize).double()
     features = torch.randn(9, 2, dtype=torch.float64, requires_grad=True)
     centers = loss.centers.detach().clone().requires_grad_()
     labels = torch.tensor([0, 1, 1, 3, 3, 3, 0, 2, 1])
@@ -127,3 +148,15 @@ def test_bad_construction():
         CenterLoss(10, 2, update="momentum")
     with pytest.raises(ValueError, match="alpha"):
         CenterLoss(10, 2, update="paper", alpha=1.5)
+    with pytest.raises(ValueError, match="normalize"):
+        CenterLoss(10, 2, normalize="sum")
+
+
+def test_lambda_as_a_tensor_scales_like_a_float():
+    features = torch.randn(5, 2, requires_grad=True)
+    grads = []
+    for weight in (0.3, torch.tensor(0.3)):
+        features.grad = None
+        scale_feature_grad(features, weight).pow(2).sum().backward()
+        grads.append(features.grad.clone())
+    assert torch.allclose(grads[0], grads[1]) and torch.allclose(grads[0], 0.3 * 2 * features.detach())

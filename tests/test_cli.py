@@ -11,7 +11,7 @@ from tests.conftest import QUICK, gif_info, read_rows, run_cli, without_time
 
 pytestmark = pytest.mark.slow
 
-METRIC_COLUMNS = {"epoch", "dataset", "nll", "center_loss", "train_acc", "test_nll", "test_acc", "nearest_center_acc",
+METRIC_COLUMNS = {"epoch", "dataset", "nll", "center_loss", "center_loss_weight", "train_acc", "test_nll", "test_acc", "nearest_center_acc",
                   "intra", "inter", "intra_inter_ratio", "lr", "epoch_seconds"}
 
 

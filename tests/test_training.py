@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from centerloss import CenterLoss
 from clviz import speed as speedlib
 from clviz.config import Config
-from clviz.training import build_parts
-from tests.conftest import app_epochs, plain, reference_epoch, tiny_split
+from clviz.training import augment, augments, build_parts
+from tests.conftest import app_epochs, plain, reference_epoch, textbook, tiny_split
 
 
 def assert_same_as_reference(cfg, run_speed, atol=1e-4):
@@ -36,14 +36,15 @@ def assert_same_as_reference(cfg, run_speed, atol=1e-4):
     (False, dict(head="cosface", head_scale=10.0, head_margin=0.3, grad_clip=1.0)),  # margin head + clipping
 ])
 def test_epoch_matches_the_reference_loop(channels_last, extra):
-    cfg = plain(Config(), batch_size=50, lr=0.001, center_loss_weight=0.3, channels_last="on" if channels_last else "off", **extra)
+    cfg = textbook(Config(), batch_size=50, lr=0.001, center_loss_weight=0.3, channels_last="on" if channels_last else "off",
+                   **extra)
     run_speed = speedlib.resolve_speed(cfg, torch.device("cpu"))
     assert run_speed.channels_last == channels_last and not run_speed.bf16
     assert_same_as_reference(cfg, run_speed)
 
 
 def test_fused_prelu_epoch_matches_the_reference_loop(compiler):
-    cfg = plain(Config(), batch_size=50, lr=0.001, center_loss_weight=0.3, channels_last="on", fused_prelu="on")
+    cfg = textbook(Config(), batch_size=50, lr=0.001, center_loss_weight=0.3, channels_last="on", fused_prelu="on")
     run_speed = speedlib.resolve_speed(cfg, torch.device("cpu"), train_steps=6)
     assert run_speed.fused_prelu and "fused PReLU on" in run_speed.describe()
     _, parts, _ = app_epochs(cfg, run_speed)
@@ -62,7 +63,7 @@ def test_bf16_path_stays_close_to_fp32():
 
 
 def test_paper_mode_moves_centers_by_eq4_only():
-    cfg = plain(Config(), batch_size=300, center_update="paper")
+    cfg = textbook(Config(), batch_size=300, center_update="paper")
     run_speed = speedlib.resolve_speed(cfg, torch.device("cpu"))
     split = tiny_split()
     torch.manual_seed(0)
@@ -80,12 +81,13 @@ def test_paper_mode_moves_centers_by_eq4_only():
     assert torch.allclose(parts.center_loss.centers, expected.centers, atol=1e-5)
 
 
-@pytest.mark.parametrize("extra", [dict(center_update="sgd", grad_clip=1.0), dict(center_update="paper")])
+@pytest.mark.parametrize("extra", [dict(center_update="sgd", grad_clip=1.0), dict(center_update="paper"),
+                                   dict(center_loss_delay=0.5, center_loss_ramp=1.0)])  # lambda changes every step
 def test_graphed_step_path_is_the_eager_step(extra):
     """On the CPU the graph path runs without recording: warm-up, fixed index
     buffer, persistent sums, recapture on a new lr, eager short batches — it must
     give exactly what the plain loop gives, over two epochs of 330 images."""
-    cfg = plain(Config(), batch_size=50, lr=0.01, lr_step=1, lr_gamma=0.5, center_loss_weight=0.1, **extra)
+    cfg = textbook(Config(), batch_size=50, lr=0.01, lr_step=1, lr_gamma=0.5, center_loss_weight=0.1, **extra)
     cpu = torch.device("cpu")
     eager = speedlib.resolve_speed(cfg, cpu)
     graphed = dataclasses.replace(eager, cuda_graphs=True)
@@ -104,8 +106,8 @@ def test_graphed_step_path_is_the_eager_step(extra):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_replay_matches_eager_on_a_gpu():
-    cfg = plain(Config(), batch_size=50, lr=0.01, lr_step=1, lr_gamma=0.5, center_loss_weight=0.1,
-                channels_last="on", device="cuda")
+    cfg = textbook(Config(), batch_size=50, lr=0.01, lr_step=1, lr_gamma=0.5, center_loss_weight=0.1,
+                   channels_last="on", device="cuda")
     gpu = torch.device("cuda")
     eager = speedlib.resolve_speed(dataclasses.replace(cfg, cuda_graphs="off"), gpu)
     graphed = speedlib.resolve_speed(dataclasses.replace(cfg, cuda_graphs="on"), gpu)
@@ -117,3 +119,44 @@ def test_cuda_graph_replay_matches_eager_on_a_gpu():
         assert (a.nll, a.center_loss) == pytest.approx((b.nll, b.center_loss), rel=1e-4)
     for x, y in zip(ref.model.parameters(), parts.model.parameters()):
         assert torch.allclose(x, y, rtol=1e-3, atol=1e-5)
+
+
+def bilinear_shift(image, dx, dy):
+    """out[i, j] = image[i + dy, j + dx], bilinear between pixels, coordinates clamped to the border."""
+    h, w = image.shape
+    out = torch.zeros_like(image)
+    for i in range(h):
+        for j in range(w):
+            y, x = min(max(i + dy, 0.0), h - 1.0), min(max(j + dx, 0.0), w - 1.0)
+            y0, x0 = int(y), int(x)
+            y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+            fy, fx = y - y0, x - x0
+            out[i, j] = (image[y0, x0] * (1 - fy) * (1 - fx) + image[y0, x1] * (1 - fy) * fx
+                         + image[y1, x0] * fy * (1 - fx) + image[y1, x1] * fy * fx)
+    return out
+
+
+def test_shift_augmentation_is_a_bilinear_shift_by_the_drawn_amount():
+    cfg = Config(augment_shift=2.0)
+    images = torch.rand(3, 1, 28, 28)
+    got = augment(images, cfg, torch.Generator().manual_seed(7))
+    draws = torch.rand(3 * 4, generator=torch.Generator().manual_seed(7)).view(4, 3) * 2 - 1  # angle, zoom, x, y
+    for k in range(3):
+        dx, dy = float(draws[2, k]) * 2.0, float(draws[3, k]) * 2.0  # pixels
+        expected = bilinear_shift(images[k, 0], dx, dy)
+        inner = (slice(3, 25), slice(3, 25))  # away from the border, where the two clampings agree
+        assert torch.allclose(got[k, 0][inner], expected[inner], atol=1e-5), k
+    assert not torch.allclose(got, images)
+
+
+def test_augmentation_keeps_the_digit_and_is_off_by_default():
+    assert not augments(Config())
+    cfg = Config(augment_shift=2.0, augment_rotate=10.0, augment_scale=0.1)
+    assert augments(cfg)
+    images = -torch.ones(4, 1, 28, 28)  # background everywhere ...
+    images[:, :, 10:18, 10:18] = 2.0  # ... and a bright square in the middle
+    out = augment(images, cfg, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.min() >= -1.0 - 1e-6 and out.max() <= 2.0 + 1e-6
+    assert torch.allclose(out[:, :, 0, 0], torch.full((4, 1), -1.0))  # corners stay background
+    bright = (out > 0.5).flatten(1).sum(1).float()
+    assert ((bright > 40) & (bright < 90)).all()  # the 64-pixel square, moved, turned and zoomed a little
