@@ -27,18 +27,24 @@ def make_parser():
 
 
 def main(argv=None) -> int:
+    run.stop_on_sigterm()
+    session = None
     try:
         args = configlib.parse_unknown(make_parser(), argv)
         if getattr(args, "sweep", None) or runfiles.is_sweep(getattr(args, "resume", None)):
             return sweep.main(args)
         session = run.prepare(args)
+        return run.fit(session)
     except (ConfigError, DataError, RunError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return run.EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted before training started; nothing to keep", file=sys.stderr)
-        return run.EXIT_INTERRUPTED
-    return run.fit(session)
+    except KeyboardInterrupt as stop:  # before training, or a second Ctrl-C while the GIF is written
+        if session is None:
+            print("interrupted before training started; nothing to keep", file=sys.stderr)
+        else:
+            print(f"interrupted again while drawing: every finished epoch is saved in {session.run_dir}; "
+                  f"python visualize.py {session.run_dir} redraws the GIF and page", file=sys.stderr)
+        return run.stop_code(stop)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ frame, save the checkpoint. train.py and sweeps both drive it."""
 
 import dataclasses
 import math
+import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,22 @@ from nets import head_settings
 
 # Fields a resumed run may change: they alter neither the maths nor the files already written.
 RESUMABLE_OVERRIDES = ("epochs", "device", "bf16", "channels_last", "cuda_graphs", "fused_prelu", "num_threads")
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Slurm, Kubernetes, systemd and `timeout` send), handled as Ctrl-C is."""
+
+
+def stop_on_sigterm() -> None:
+    """From here on SIGTERM raises Terminated in the main thread, so a run stops as on Ctrl-C."""
+    def handler(signum, frame):
+        raise Terminated()
+    signal.signal(signal.SIGTERM, handler)
+
+
+def stop_code(stop: KeyboardInterrupt) -> int:
+    return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
 
 
 @dataclass
@@ -170,11 +187,19 @@ def fit(s: Session, renderer: Optional[BackgroundRenderer] = None) -> int:
             s.log(f"epoch {epoch}/{cfg.epochs} | nll {row['nll']:.3f} | center {row['center_loss']:.3f} | "
                   f"train acc {row['train_acc']:.1f}% | test acc {test_acc:.2f}% | nearest-center {row['nearest_center_acc']:.2f}% | "
                   f"intra/inter {row['intra_inter_ratio']:.3f} | {row['epoch_seconds']:.1f} s")
-    except KeyboardInterrupt:
-        s.log(f"interrupted: every finished epoch is saved in {s.run_dir}")
+    except KeyboardInterrupt as stop:
+        what = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
+        if not s.metrics:  # nothing finished: no checkpoint, so nothing to resume
+            if own_renderer:
+                renderer.close()
+            shutil.rmtree(s.run_dir, ignore_errors=True)
+            s.log.path = None
+            s.log(f"{what} in epoch {s.start_epoch} before it finished: nothing to resume; removed {s.run_dir}")
+            return stop_code(stop)
+        s.log(f"{what}: every finished epoch is saved in {s.run_dir}")
         finish(s, renderer, own_renderer)
         s.log(f"resume with: python train.py --resume {s.run_dir}")
-        return EXIT_INTERRUPTED
+        return stop_code(stop)
     except Diverged as err:
         s.log(f"error: {err}. Training stopped; lower --center-loss-weight (now {cfg.center_loss_weight:g}), "
               f"--lr (now {cfg.lr:g}) or --center-lr (now {cfg.center_lr:g}). Finished epochs are kept in {s.run_dir}")

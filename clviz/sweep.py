@@ -111,12 +111,12 @@ def main(args) -> int:
     renderer = BackgroundRenderer()  # one drawing process for every member
     try:
         code = train_members(sweep_dir, base, members, overrides, previous, renderer)
-    except KeyboardInterrupt:  # between members (a member's own epochs handle Ctrl-C themselves)
-        code = run.EXIT_INTERRUPTED
+    except KeyboardInterrupt as stop:  # between members (a member's own epochs handle Ctrl-C themselves)
+        code = run.stop_code(stop)
     finally:
         renderer.close()
     finish(sweep_dir)
-    if code == run.EXIT_INTERRUPTED:
+    if code in (run.EXIT_INTERRUPTED, run.EXIT_TERMINATED):
         print(f"sweep interrupted; resume with: python train.py --resume {sweep_dir}")
         return code
     return 0
@@ -146,7 +146,7 @@ def train_members(sweep_dir: Path, base, members: list, overrides: dict, previou
         code = run.fit(session, renderer)
         previous[member["name"]] = {0: "finished", run.EXIT_DIVERGED: "diverged"}.get(code, "interrupted")
         write_summary(sweep_dir, members, previous)
-        if code == run.EXIT_INTERRUPTED:
+        if code in (run.EXIT_INTERRUPTED, run.EXIT_TERMINATED):
             break
     return code
 

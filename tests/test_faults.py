@@ -72,12 +72,14 @@ def assert_same_result(run_dir, reference):
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["sigint", "sigterm", "sigkill"])
 def test_killed_run_resumes_to_the_same_result(tmp_path, reference, sig):
+    """SIGTERM (Slurm, Kubernetes, `timeout`) is handled as Ctrl-C is, with exit code 143."""
     code, output = start_and_signal(tmp_path, sig, random.Random(sig))
     run_dir = tmp_path / "outputs" / "r"
-    if sig == signal.SIGINT:
-        assert code == 130, output
+    if sig in (signal.SIGINT, signal.SIGTERM):
+        assert code == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], output
+        assert "Traceback" not in output
         assert f"resume with: python train.py --resume {os.path.join('outputs', 'r')}" in output
         assert (run_dir / "features.gif").is_file()  # the GIF of the finished epochs
     else:
@@ -191,3 +193,71 @@ def test_resume_clears_half_written_leftovers(one_epoch, tmp_path):
     run_cli("train.py", "--resume", run_dir, "--epochs", "2", cwd=tmp_path, check=0)
     assert not list(run_dir.rglob(".*"))
     assert [r["epoch"] for r in read_rows(run_dir)] == ["1", "2"]
+
+
+def descendants(pid: int) -> set:
+    """Every process below `pid`, from /proc (children first found by their parent's pid)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("sig, delay", [(signal.SIGKILL, 0.0), (signal.SIGKILL, 0.5), (signal.SIGTERM, 0.5),
+                                        (signal.SIGKILL, 3.0)])
+def test_no_process_outlives_a_killed_trainer(tmp_path, sig, delay):
+    """Killed right after an epoch's line (the frame worker still starting) or later:
+    within a few seconds no process the trainer started is left."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *QUICK, "--epochs", "3", "--run-name", "k"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1/3 |"):
+            break
+    time.sleep(delay)
+    children = descendants(proc.pid)
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    proc.stdout.close()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(alive(pid) for pid in children):
+        time.sleep(0.2)
+    left = [pid for pid in children if alive(pid)]
+    for pid in left:  # leave the machine clean even when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{len(left)} process(es) outlived the trainer"
+
+
+def test_ctrl_c_in_the_first_epoch_leaves_nothing_to_resume(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *LONGER, "--run-name", "early"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if "from epoch 1" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    output.append(proc.stdout.read())
+    assert proc.wait(timeout=60) == 130
+    text = "".join(output)
+    assert "nothing to resume" in text and "resume with" not in text and "Traceback" not in text
+    assert not (tmp_path / "outputs" / "early").exists()
