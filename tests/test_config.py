@@ -33,7 +33,7 @@ SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def test_configs_folder_is_what_the_tests_know():
-    assert [p.stem for p in SHIPPED] == ["arcface", "cosface", "paper", "seed", "softmax_only"]
+    assert [p.stem for p in SHIPPED] == ["arcface", "best", "cosface", "paper", "seed", "softmax_only"]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
@@ -52,6 +52,8 @@ def test_what_the_shipped_configs_are_for():
     seed = load("seed")
     assert (seed.epochs, seed.lr, seed.train_subset) == (150, 0.001, None)
     assert load("cosface").head == "cosface" and load("arcface").head == "arcface"
+    best = load("best")
+    assert best.augment_shift > 0 and best.lr_schedule == "cosine" and best.center_loss_weight > 0 and best.feat_dim == 2
 
 
 def test_help_prints_the_defaults_that_apply():
