@@ -17,17 +17,28 @@ from clviz import config as configlib
 from clviz import frames, gif, report, runfiles, sweep
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run folder, e.g. outputs/20261123-120000-default, or a sweep folder")
     parser.add_argument("--split", choices=("both",) + frames.SPLITS, default="both", help="which panels to draw (default: both)")
-    parser.add_argument("--max-points", type=int, default=None, help="at most this many points per panel (default: the run's config)")
+    parser.add_argument("--max-points", type=positive_int, default=None, help="at most this many points per panel (default: the run's config)")
     parser.add_argument("--view", choices=("auto",) + frames.VIEWS, default=None,
                         help="plane, or angular (unit circle + angle histogram); default: the run's config")
     parser.add_argument("--regions", action=argparse.BooleanOptionalAction, default=None,
                         help="shade the decision regions (default: the run's config)")
-    parser.add_argument("--duration-ms", type=int, default=None, help="GIF milliseconds per frame (default: the run's config)")
-    parser.add_argument("--hold-last-ms", type=int, default=None, help="GIF milliseconds for the last frame (default: the run's config)")
+    parser.add_argument("--duration-ms", type=positive_int, default=None, help="GIF milliseconds per frame (default: the run's config)")
+    parser.add_argument("--hold-last-ms", type=positive_int, default=None, help="GIF milliseconds for the last frame (default: the run's config)")
     return parser
 
 

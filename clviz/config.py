@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import difflib
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
@@ -45,7 +46,8 @@ class Config:
     input_mean: Optional[float] = opt(None, "normalise pixels (0..1) as (p - mean) / std with this mean; null = the dataset's own")
     input_std: Optional[float] = opt(None, "... and this std; null = the dataset's own", low=0.0, low_open=True)
     # --- model ---
-    feat_dim: int = opt(2, "size of the feature layer; 2 lets us draw it", low=1)
+    feat_dim: int = opt(2, "size of the feature layer; 2 lets us draw it (at least 2: one number has no plane to draw)",
+                        low=2, high=4096)
     classifier_bias: bool = opt(False, "give the linear head a bias (off in the paper's code: clusters radiate from the origin)")
     head: str = opt("linear", "classifier head: the paper's linear layer, or the margin heads cosface (cos - m) / arcface (cos(theta + m))",
                     choices=("linear", "cosface", "arcface"))
@@ -56,7 +58,7 @@ class Config:
     # 5 epochs at lr 0.01 fit 10 minutes on the slowest 2-core CPU measured (~90 s
     # per epoch there) and reach ~98.7% on full MNIST; the seed's 150 epochs at lr
     # 0.001 are configs/seed.yaml.
-    epochs: int = opt(5, "number of training epochs", low=1)
+    epochs: int = opt(5, "number of training epochs", low=1, high=100_000)
     batch_size: int = opt(100, "images per training step", low=1)
     lr: float = opt(0.01, "network SGD learning rate", low=0.0, low_open=True)
     momentum: float = opt(0.9, "network SGD momentum", low=0.0, high=1.0)
@@ -89,10 +91,10 @@ class Config:
     center_alpha: float = opt(0.5, "alpha of the paper's Eq. 4 ('paper' update; 0.5 is the paper's MNIST value)",
                               low=0.0, high=1.0, low_open=True)
     # --- run ---
-    seed: int = opt(0, "seed for weights, centers and data order")
+    seed: int = opt(0, "seed for weights, centers and data order", low=0, high=2**63 - 1)
     device: str = opt("auto", "where to train: auto picks cuda when available", choices=("auto", "cpu", "cuda"))
-    output_dir: str = opt("outputs", "parent folder of the run folders")
-    run_name: Optional[str] = opt(None, "run folder name; null = timestamp + config file name")
+    output_dir: str = opt("outputs", "parent folder of the run folders (~ is your home folder)")
+    run_name: Optional[str] = opt(None, "run folder name inside output_dir (a name, not a path); null = timestamp + config file name")
     # --- speed (each can be turned off) ---
     bf16: str = opt("auto", "bf16 autocast: auto = on for CUDA and for CPUs with native bf16 (AVX512-BF16/AMX)",
                     choices=AUTO_ON_OFF)
@@ -191,12 +193,29 @@ def _range_text(meta: dict) -> str:
     return f"in {'(' if open_ else '['}{low}, {high}]"
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice (plain YAML keeps the last one, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"{key!r} is given twice (lines {seen[key]} and {key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Union[str, Path]) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pick one of configs/*.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # UniqueKeyLoader is a SafeLoader
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text; save it as UTF-8") from None
+    except ConfigError as err:
+        raise ConfigError(f"config file {str(path)!r}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -217,7 +236,11 @@ def build(overrides: dict, *, from_text: bool = False, base: Optional[Config] = 
 
 
 def check_together(cfg: Config) -> Config:
-    """Rules that involve two fields."""
+    """Rules that involve two fields, and the paths."""
+    if cfg.run_name is not None and (cfg.run_name in ("", ".", "..") or Path(cfg.run_name).name != cfg.run_name
+                                     or "/" in cfg.run_name or "\\" in cfg.run_name):
+        raise ConfigError(f"run_name {cfg.run_name!r} must be a folder name, not a path; "
+                          f"put the parent folder in {flag('output_dir')}")
     if cfg.head == "linear":
         for name in ("head_scale", "head_margin"):
             if getattr(cfg, name) is not None:
@@ -274,6 +297,11 @@ def parse_unknown(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
     return args
 
 
+def expand_paths(cfg: Config) -> Config:
+    """`~` in the folders means the home folder, as in a shell."""
+    return dataclasses.replace(cfg, output_dir=os.path.expanduser(cfg.output_dir), data_dir=os.path.expanduser(cfg.data_dir))
+
+
 def resolve(args: argparse.Namespace) -> tuple[Config, str]:
     """Defaults < YAML file < flags. Returns the config and a label for run names:
     the config file's stem, or DEFAULT_RUN_LABEL without one."""
@@ -284,5 +312,5 @@ def resolve(args: argparse.Namespace) -> tuple[Config, str]:
             raise ConfigError(f"unknown config key {key!r} in {str(config_path)!r}{suggest(key, FIELD_TYPES)}")
     cfg = build(file_values, final=False)
     flags = {name: getattr(args, name) for name in field_names() if hasattr(args, name)}
-    cfg = build(flags, from_text=True, base=cfg)
+    cfg = expand_paths(build(flags, from_text=True, base=cfg))
     return cfg, config_path.stem if config_path else DEFAULT_RUN_LABEL

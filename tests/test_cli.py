@@ -101,3 +101,9 @@ def test_resume_matches_an_uninterrupted_run(two_epochs, tmp_path):
         assert torch.equal(ours["model"][key], theirs["model"][key]), key
     assert torch.equal(ours["center_loss"]["centers"], theirs["center_loss"]["centers"])
     assert gif_info(run_dir / "features.gif")[0] == 2
+
+
+@pytest.mark.parametrize("flag, value", [("--max-points", "-5"), ("--duration-ms", "-100"), ("--hold-last-ms", "0")])
+def test_visualize_refuses_bad_numbers_in_one_line(tmp_path, flag, value):
+    proc = run_cli("visualize.py", tmp_path, flag, value, cwd=tmp_path)
+    assert proc.returncode == 2 and "must be at least 1" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,5 +1,8 @@
 """Defaults < YAML file < flags, and every mistake is one clear line."""
 
+import os
+import re
+
 import pytest
 
 from clviz import config as configlib
@@ -70,9 +73,9 @@ def test_help_prints_the_defaults_that_apply():
     ("center_loss_weight: -1\n", "'center_loss_weight' must be >= 0.0"),
     ("center_alpha: 1.5\n", r"'center_alpha' must be in \(0.0, 1.0\]"),
     ("center_alpha: 0\n", r"'center_alpha' must be in \(0.0, 1.0\]"),
-    ("epochs: 0\n", "'epochs' must be >= 1"),
+    ("epochs: 0\n", r"'epochs' must be in \[1, 100000\]"),
     ("batch_size: 0\n", "'batch_size' must be >= 1"),
-    ("feat_dim: 0\n", "'feat_dim' must be >= 1"),
+    ("feat_dim: 0\n", r"'feat_dim' must be in \[2, 4096\]"),
     ("center_update: momentum\n", "'center_update' must be one of sgd, paper"),
     ("- a\n- b\n", "mapping"),
     ("epochs: [\n", "not valid YAML"),
@@ -122,3 +125,33 @@ def test_a_later_layer_may_fix_an_earlier_ones_head_setting(tmp_path):
     assert (cfg.head, cfg.head_margin) == ("arcface", 0.2)
     cfg, _ = resolve(["--config", str(path), "--head", "cosface"])  # the margin now applies to cosface
     assert (cfg.head, cfg.head_margin) == ("cosface", 0.2)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--feat-dim", "1"], "'feat_dim' must be in [2, 4096]"),
+    (["--seed", "100000000000000000000000"], "'seed' must be in [0, 9223372036854775807]"),
+    (["--epochs", "3000000000"], "'epochs' must be in [1, 100000]"),
+    (["--run-name", "../../x"], "must be a folder name, not a path"),
+    (["--run-name", "sub/dir/x"], "must be a folder name, not a path"),
+    (["--run-name", "/tmp/x"], "must be a folder name, not a path"),
+])
+def test_settings_that_used_to_break_later_are_refused_up_front(argv, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve(argv)
+
+
+def test_home_folder_is_expanded():
+    cfg, _ = resolve(["--output-dir", "~/runs", "--data-dir", "~/mnist"])
+    assert cfg.output_dir == os.path.expanduser("~/runs") and not cfg.output_dir.startswith("~")
+    assert cfg.data_dir == os.path.expanduser("~/mnist")
+
+
+def test_duplicate_keys_and_foreign_encodings_name_the_file(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("epochs: 3\nlr: 0.1\nepochs: 4\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml.*'epochs' is given twice \(lines 1 and 3\)"):
+        resolve(["--config", str(twice)])
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("# r\xe9sum\xe9\nepochs: 3\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin.yaml.*not UTF-8"):
+        resolve(["--config", str(latin)])
