@@ -103,6 +103,9 @@ def main(args) -> int:
         meta = runfiles.read_sweep_meta(sweep_dir)
         base = configlib.build(overrides, from_text=True, base=configlib.build(meta["config"]))
         members = meta["members"]
+        check_work_left(sweep_dir, members, base.epochs)
+        if overrides:  # the sweep remembers, e.g., a longer --epochs for its next resume
+            runfiles.write_sweep_meta(sweep_dir, {**meta, "config": configlib.to_dict(base)})
     else:
         sweep_dir, base, members = start(args)
         overrides = {}
@@ -120,6 +123,18 @@ def main(args) -> int:
         print(f"sweep interrupted; resume with: python train.py --resume {sweep_dir}")
         return code
     return 0
+
+
+def check_work_left(sweep_dir: Path, members: list, epochs: int) -> None:
+    """Refuse to resume a sweep whose every member has finished (or diverged), as a finished run is refused."""
+    statuses = {row["member"]: row["status"] for row in runfiles.read_summary(sweep_dir)}
+    for member in members:
+        member_dir = Path(sweep_dir) / member["name"]
+        done = len(runfiles.read_metrics(member_dir)) if (member_dir / runfiles.METRICS).is_file() else 0
+        if statuses.get(member["name"]) != "diverged" and done < epochs:
+            return
+    raise RunError(f"sweep {sweep_dir} already finished all {epochs} epochs of every member; pass --epochs N "
+                   f"(N > {epochs}) to train further, or redraw it with python visualize.py {sweep_dir}")
 
 
 def train_members(sweep_dir: Path, base, members: list, overrides: dict, previous: dict, renderer) -> int:

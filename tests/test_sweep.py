@@ -83,6 +83,10 @@ def test_resume_finishes_missing_members_and_extends_finished_ones(tmp_path, mon
     assert "center_update=paper" in capsys.readouterr().out
     summary = rows(sweep_dir / "summary.csv")
     assert [(r["status"], r["epochs_done"]) for r in summary] == [("finished", "2"), ("finished", "2")]
+    # Resuming a finished sweep is refused, as a finished run is.
+    assert train.main(["--resume", str(sweep_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "already finished all 2 epochs of every member" in err and "--epochs N" in err
     with Image.open(sweep_dir / "grid.gif") as gif:
         assert gif.n_frames == 2
 
