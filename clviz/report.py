@@ -9,6 +9,7 @@ the same, with the grid and a table of the members.
 import html
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from matplotlib import colormaps
@@ -127,6 +128,7 @@ table { border-collapse: collapse; font-size: 0.9em; } td, th { border: 1px soli
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 .note { color: #666; font-size: 0.9em; }
+.running { background: #fff4d6; border: 1px solid #e8c66a; padding: 0.4em 0.7em; display: inline-block; }
 """
 
 # Plain JavaScript, no library: the page must work from file:// without a network.
@@ -166,7 +168,10 @@ show(frames.length - 1);
 """
 
 
-def _page(title: str, intro: str, frames: list, sections: str) -> str:
+LIVE_REFRESH_S = 10  # how often a live run's page reloads itself
+
+
+def _page(title: str, intro: str, frames: list, sections: str, refresh_s: Optional[int] = None) -> str:
     data = json.dumps(frames).replace("</", "<\\/")
     last = len(frames) - 1
     first_src = html.escape(frames[-1]["src"]) if frames else ""
@@ -184,9 +189,10 @@ def _page(title: str, intro: str, frames: list, sections: str) -> str:
 <img id="frame" src="{first_src}" alt="features at the chosen epoch">
 <script type="application/json" id="frame-data">{data}</script>
 <script>{SCRIPT}</script>""" if frames else "<p>No frames yet.</p>"
+    refresh = f'<meta http-equiv="refresh" content="{refresh_s}">' if refresh_s else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
+<meta name="viewport" content="width=device-width, initial-scale=1">{refresh}<style>{STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
 {intro}
@@ -209,9 +215,12 @@ def _fmt(value, digits=2) -> str:
         return html.escape(str(value))
 
 
-def write_run_page(run_dir: Path) -> Path:
+def write_run_page(run_dir: Path, running: Optional[tuple] = None) -> Path:
     """index.html of one run; images are referenced by relative path, so the
-    page works wherever the run folder is copied, opened from disk."""
+    page works wherever the run folder is copied, opened from disk.
+    `running` = (epochs finished, epochs in all) while the run is live: the page
+    then says so and reloads itself every LIVE_REFRESH_S seconds; the page
+    written when the run ends or stops has no reload."""
     run_dir = Path(run_dir)
     rows = runfiles.read_metrics(run_dir) if (run_dir / runfiles.METRICS).is_file() else []
     by_epoch = {int(row["epoch"]): row for row in rows}
@@ -227,6 +236,9 @@ def write_run_page(run_dir: Path) -> Path:
     intro = (f"<p>{len(rows)} epochs finished · {html.escape(str(last.get('dataset', '')))} · final test accuracy "
              f"{_fmt(last.get('test_acc'))}% · nearest-center {_fmt(last.get('nearest_center_acc'))}% · intra/inter "
              f"{_fmt(last.get('intra_inter_ratio'), 3)}</p>") if rows else "<p>No epoch finished yet.</p>"
+    if running:
+        intro = (f'<p id="status" class="running">running: epoch {running[0]} of {running[1]} finished; this page '
+                 f"reloads every {LIVE_REFRESH_S} s until the run ends</p>") + intro
     columns = ["epoch", "train_acc", "test_acc", "nearest_center_acc", "nll", "center_loss", "intra", "inter",
                "intra_inter_ratio", "epoch_seconds"]
     table = _table(columns, [[_fmt(row.get(c), 0 if c == "epoch" else 3) for c in columns] for row in rows])
@@ -239,14 +251,16 @@ def write_run_page(run_dir: Path) -> Path:
     sections += ('<p class="note">Reproduce with <code>python train.py --config config.yaml</code> from this folder\'s '
                  "copy of the code; resume with <code>python train.py --resume " + html.escape(str(run_dir)) + "</code>.</p>")
     out = run_dir / "index.html"
-    runfiles.write_text(out, _page(run_dir.name, intro, frames, sections))
+    runfiles.write_text(out, _page(run_dir.name, intro, frames, sections, LIVE_REFRESH_S if running else None))
     return out
 
 
-def write_run_report(run_dir: Path) -> Path:
-    if (Path(run_dir) / runfiles.METRICS).is_file():
+def write_run_report(run_dir: Path, running: Optional[tuple] = None) -> Path:
+    """metrics.png and index.html (see write_run_page for `running`)."""
+    run_dir = Path(run_dir)
+    if (run_dir / runfiles.METRICS).is_file():
         draw_metrics(run_dir)
-    return write_run_page(run_dir)
+    return write_run_page(run_dir, running)
 
 
 def write_sweep_report(sweep_dir: Path) -> Path:

@@ -183,6 +183,8 @@ def fit(s: Session, renderer: Optional[BackgroundRenderer] = None) -> int:
             s.metrics.append(row)
             runfiles.write_metrics(s.run_dir, s.metrics)
             runfiles.save_checkpoint(s.run_dir, checkpoint_state(s, epoch))
+            # The live page and metrics.png, drawn by the worker after this epoch's frame.
+            renderer.submit(report.write_run_report, str(s.run_dir), (epoch, cfg.epochs))
             epochs.set_postfix(test_acc=f"{test_acc:.2f}%")
             s.log(f"epoch {epoch}/{cfg.epochs} | nll {row['nll']:.3f} | center {row['center_loss']:.3f} | "
                   f"train acc {row['train_acc']:.1f}% | test acc {test_acc:.2f}% | nearest-center {row['nearest_center_acc']:.2f}% | "

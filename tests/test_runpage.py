@@ -7,8 +7,13 @@ CENTERLOSS_REQUIRE_BROWSER=1, so there a missing browser fails instead of skippi
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
+
+from tests.conftest import QUICK, REPO
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -72,3 +77,34 @@ def test_sweep_page_steps_through_the_grid(browser, small_sweep):
     assert shown(browser) == ("epoch 1 / 2", "epoch_001.png", True)
     browser.find_element(By.LINK_TEXT, "lr=0.01__seed=1").click()
     assert shown(browser)[0] == "epoch 2 / 2" and browser.title == "lr=0.01__seed=1"
+
+
+def test_live_page_shows_the_epochs_so_far_and_stops_reloading_at_the_end(browser, tmp_path):
+    """Open index.html while the run trains: it exists from epoch 1 on, says
+    'running', shows the frames so far and reloads itself; after the run it
+    shows every epoch and no longer reloads."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *QUICK[:2], "--train-subset", "1500",
+                             "--batch-size", "50", "--epochs", "3", "--run-name", "live"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    page = tmp_path / "outputs" / "live" / "index.html"
+    try:
+        for line in proc.stdout:
+            if line.startswith("epoch 1/3 |"):
+                break
+        deadline = time.time() + 60
+        while not page.is_file() and time.time() < deadline:  # the worker writes it after the frame
+            time.sleep(0.2)
+        browser.get(page.as_uri())
+        status = browser.find_element(By.ID, "status").text
+        assert status.startswith("running: epoch") and "of 3 finished" in status
+        assert browser.find_elements(By.CSS_SELECTOR, 'meta[http-equiv="refresh"]')
+        assert shown(browser)[2]  # the latest frame so far is loaded
+        assert proc.wait(timeout=300) == 0
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    browser.get(page.as_uri())
+    assert not browser.find_elements(By.ID, "status")
+    assert not browser.find_elements(By.CSS_SELECTOR, 'meta[http-equiv="refresh"]')
+    assert shown(browser) == ("epoch 3 / 3", "epoch_003.png", True)
