@@ -92,7 +92,8 @@ class Config:
                               low=0.0, high=1.0, low_open=True)
     # --- run ---
     seed: int = opt(0, "seed for weights, centers and data order", low=0, high=2**63 - 1)
-    device: str = opt("auto", "where to train: auto picks cuda when available", choices=("auto", "cpu", "cuda"))
+    device: str = opt("auto", "where to train: auto picks cuda when available, else cpu; mps (Apple silicon) only "
+                      "when asked for (untested on real hardware)", choices=("auto", "cpu", "cuda", "mps"))
     output_dir: str = opt("outputs", "parent folder of the run folders (~ is your home folder)")
     run_name: Optional[str] = opt(None, "run folder name inside output_dir (a name, not a path); null = timestamp + config file name")
     # --- speed (each can be turned off) ---

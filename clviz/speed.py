@@ -17,9 +17,19 @@ from clviz.config import Config
 from nets import LeNetsPP
 
 
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
 def pick_device(choice: str) -> torch.device:
+    """auto: CUDA, else the CPU. Apple's MPS only when asked for: it has not yet
+    been measured on real hardware, so auto does not pick it."""
     if choice == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if choice == "mps" and not mps_available():
+        raise ValueError("--device mps was asked for but PyTorch reports no MPS device (Apple silicon, macOS 12.3+); "
+                         "use --device cpu or auto")
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(choice)
@@ -92,7 +102,7 @@ def resolve_speed(cfg: Config, device: torch.device, train_steps: Optional[int] 
     """`train_steps`: how many training steps this run has left (for the fused
     PReLU's auto rule); None when unknown, which counts as a long run."""
     on_cuda = device.type == "cuda"
-    bf16 = {"on": True, "off": False}.get(cfg.bf16, on_cuda or cpu_has_native_bf16())
+    bf16 = {"on": True, "off": False}.get(cfg.bf16, on_cuda or (device.type == "cpu" and cpu_has_native_bf16()))
     # channels_last measured faster with bf16 on both a 2-core AVX512-BF16 CPU
     # and the GPU; in fp32 on the CPU it helps less, so auto follows bf16.
     channels_last = {"on": True, "off": False}.get(cfg.channels_last, bf16)

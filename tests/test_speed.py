@@ -17,6 +17,20 @@ def test_cuda_request_without_gpu_is_a_clear_error():
         speedlib.pick_device("cuda")
 
 
+def test_mps_request_without_mps_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(speedlib, "mps_available", lambda: False)
+    with pytest.raises(ValueError, match="--device mps was asked for but PyTorch reports no MPS device"):
+        speedlib.pick_device("mps")
+    monkeypatch.setattr(speedlib, "mps_available", lambda: True)
+    assert speedlib.pick_device("mps").type == "mps"
+    assert speedlib.pick_device("auto").type in ("cpu", "cuda")  # auto never picks the unmeasured MPS
+
+
+def test_the_mps_path_turns_off_every_cuda_and_cpu_only_switch():
+    run_speed = speedlib.resolve_speed(Config(device="mps"), torch.device("mps"), train_steps=10**6)
+    assert not (run_speed.cuda_graphs or run_speed.fused_prelu or run_speed.bf16 or run_speed.channels_last)
+
+
 def fused_choice(choice, steps, device="cpu"):
     return speedlib.resolve_fused_prelu(choice, torch.device(device), False, False, steps)
 
