@@ -15,6 +15,8 @@ from pathlib import Path
 
 from clviz import config as configlib
 from clviz import frames, gif, report, runfiles, sweep
+from clviz.config import ConfigError
+from clviz.runfiles import RunError
 
 
 def positive_int(text: str) -> int:
@@ -50,6 +52,15 @@ def saved_config(run_dir: Path) -> configlib.Config:
 
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
+    try:
+        return redraw_all(args)
+    except (RunError, ConfigError, OSError) as err:
+        text = f"{err.strerror} on {err.filename}" if isinstance(err, OSError) and err.strerror else str(err)
+        print(f"error: {text}", file=sys.stderr)
+        return 2
+
+
+def redraw_all(args) -> int:
     if runfiles.is_sweep(args.run_dir):
         runs = [args.run_dir / m["name"] for m in runfiles.read_sweep_meta(args.run_dir)["members"]]
     elif runfiles.embedding_files(args.run_dir):

@@ -29,6 +29,7 @@ import pickle
 import platform
 import subprocess
 import sys
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -60,15 +61,30 @@ TEMP_GLOB = ".*.tmp*"  # what atomic_path's temporary names look like
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yields a temporary path beside `path` (matching TEMP_GLOB); on success renames it onto `path`."""
+    """Yields a temporary path beside `path` (matching TEMP_GLOB); on success makes it
+    durable (fsync) and renames it onto `path`, then fsyncs the folder so the rename
+    itself survives a power cut."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0][:160] if text else type(err).__name__
 
 
 def write_text(path, text: str) -> None:
@@ -124,13 +140,17 @@ def load_checkpoint(run_dir: Path) -> dict:
     """weights_only=True: tensors, numbers, strings and containers only, so a
     tampered checkpoint cannot run code when loaded."""
     path = run_dir / CHECKPOINT
+    damaged = f"the file is damaged: start a new run, or restore {path.name} from a copy"
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else was not written by train.py
+        raise RunError(f"refusing to load {path}: it is not a checkpoint written by train.py (empty, damaged, or "
+                       f"a foreign pickle, which could run code); {damaged}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as err:
         raise RunError(f"refusing to load {path}: it holds Python objects other than tensors and plain data "
-                       "(it may run code); use a checkpoint written by train.py") from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise RunError(f"cannot read {path} ({str(err).splitlines()[0]}); the file is damaged, start a new run") from None
+                       f"(it may run code: {first_line(err)[:60]}); use a checkpoint written by train.py") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError) as err:
+        raise RunError(f"cannot read {path} ({first_line(err)}); {damaged}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise RunError(f"{path} is not a checkpoint of this version of train.py; start a new run")
     return state
@@ -150,8 +170,20 @@ def write_metrics(run_dir: Path, rows: list) -> None:
 
 
 def read_metrics(run_dir: Path) -> list:
-    with open(run_dir / METRICS, newline="") as handle:
-        return list(csv.DictReader(handle))
+    """metrics.csv as dicts of strings; a damaged line is a RunError naming the file and line."""
+    path = Path(run_dir) / METRICS
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for line, row in enumerate(rows, start=2):
+        try:
+            int(row["epoch"])
+            for key, value in row.items():
+                if key not in ("dataset", None) and value not in ("", None):
+                    float(value)
+        except (ValueError, KeyError, TypeError):
+            raise RunError(f"{path} line {line} is damaged; delete that line (python train.py --resume "
+                           f"{Path(run_dir)} rewrites the file from the checkpoint)") from None
+    return rows
 
 
 # ---------- log ----------
@@ -255,15 +287,29 @@ def save_embeddings(path: Path, *, epoch: int, epochs: int, train_features, trai
             np.savez(handle, **arrays)
 
 
+EMBEDDING_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+
+
+def damaged_embeddings(path: Path, err: BaseException) -> RunError:
+    return RunError(f"cannot read {path} ({first_line(err)}): the file is damaged; delete it (its epoch's frame "
+                    "and metrics stay) and run the command again")
+
+
 def load_embeddings(path: Path) -> dict:
-    with np.load(path) as npz:
-        return {key: npz[key] for key in npz.files}
+    try:
+        with np.load(path) as npz:
+            return {key: npz[key] for key in npz.files}
+    except EMBEDDING_ERRORS as err:
+        raise damaged_embeddings(path, err) from None
 
 
 def read_limits(path: Path) -> np.ndarray:
     """Only the `limits` field of an embeddings file."""
-    with np.load(path) as npz:
-        return npz["limits"]
+    try:
+        with np.load(path) as npz:
+            return npz["limits"]
+    except EMBEDDING_ERRORS as err:
+        raise damaged_embeddings(path, err) from None
 
 
 def embedding_files(run_dir: Path) -> list:

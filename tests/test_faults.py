@@ -261,3 +261,33 @@ def test_ctrl_c_in_the_first_epoch_leaves_nothing_to_resume(tmp_path):
     text = "".join(output)
     assert "nothing to resume" in text and "resume with" not in text and "Traceback" not in text
     assert not (tmp_path / "outputs" / "early").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "checkpoint.pt").write_bytes(b""), "not a checkpoint written by train.py (empty, damaged"),
+    (lambda d: (d / "checkpoint.pt").write_bytes(bytes(random.Random(0).randrange(256) for _ in range(100))),
+     "not a checkpoint written by train.py"),
+    (lambda d: (d / "checkpoint.pt").write_bytes((d / "checkpoint.pt").read_bytes()[:4000]), "damaged"),
+    (lambda d: (d / "embeddings" / "epoch_001.npz").write_bytes(b"PK\x03\x04 half"), "epoch_001.npz"),
+], ids=["empty-checkpoint", "random-checkpoint", "truncated-checkpoint", "truncated-npz"])
+def test_damaged_files_stop_a_resume_with_one_line(one_epoch, tmp_path, damage, message):
+    run_dir = tmp_path / "r"
+    shutil.copytree(one_epoch / "outputs" / "r", run_dir)
+    damage(run_dir)
+    proc = run_cli("train.py", "--resume", run_dir, "--epochs", "2", cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "may run code" not in proc.stderr  # random bytes are damage, not an attack
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "embeddings" / "epoch_001.npz").write_bytes(b"PK\x03\x04 half"), "epoch_001.npz"),
+    (lambda d: open(d / "metrics.csv", "a").write("garbage,line,\n"), "metrics.csv line 3 is damaged"),
+], ids=["truncated-npz", "garbage-metrics-line"])
+def test_damaged_files_stop_visualize_with_one_line(one_epoch, tmp_path, damage, message):
+    run_dir = tmp_path / "r"
+    shutil.copytree(one_epoch / "outputs" / "r", run_dir)
+    damage(run_dir)
+    proc = run_cli("visualize.py", run_dir, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1
