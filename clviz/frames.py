@@ -92,13 +92,15 @@ def head_text(head: str, scale: float, margin: float) -> str:
 
 
 def frame_title(emb: dict) -> str:
-    """The title line of a frame, from the npz's fields."""
-    head = head_text(str(emb["head"]), float(emb["head_scale"]), float(emb["head_margin"]))
+    """The title line of a frame, from the npz's fields. Files written before
+    these fields existed carry their title as text; it is shown as it is."""
+    if "dataset" not in emb and "title" in emb:
+        return str(emb["title"])
+    head = head_text(str(emb.get("head", "linear")), float(emb.get("head_scale", 1.0)), float(emb.get("head_margin", 0.0)))
     return (f"epoch {int(emb['epoch'])}/{int(emb['epochs'])}  ·  test acc {float(emb['test_acc']):.2f}%  ·  "
-            f"λ = {float(emb['center_loss_weight']):g}  ·  {emb['center_update']} centers  ·  {head}  ·  {emb['dataset']}")
+            f"λ = {float(emb.get('center_loss_weight', float('nan'))):g}  ·  {emb.get('center_update', '?')} centers  ·  "
+            f"{head}  ·  {emb.get('dataset', '')}")
 
-
-# ---------- one frame ----------
 
 @dataclass(frozen=True)
 class FrameOptions:

@@ -122,7 +122,7 @@ def render_grid_frame(sweep_dir: str, meta: dict, epoch: int, last_epoch: int, p
         ax.set_aspect("equal", adjustable="box")
         ax.set_title(f"{_label(member['values'])}\ntest {float(emb['test_acc']):.2f}%" + (f" · {note}" if note else ""),
                      fontsize=9)
-        dataset = dataset or str(emb["dataset"])
+        dataset = dataset or str(emb.get("dataset", ""))
     seed = f"  ·  seed {meta['seed_shown']} of each setting" if "seed_shown" in meta else ""
     fig.suptitle(f"epoch {epoch}/{last_epoch}  ·  test features  ·  {dataset}{seed}", fontsize=13)
     fig.tight_layout(rect=(0, 0, 1, 0.96))

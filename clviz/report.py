@@ -33,7 +33,10 @@ def _column(rows: list, name: str):
 # ---------- metrics.png ----------
 
 def draw_metrics(run_dir: Path) -> Path:
-    """Accuracy, losses, intra/inter distances and their ratio, one panel each."""
+    """Accuracy and the intra/inter ratio on top (the two numbers to read), then
+    the distances and the losses, one panel each. The ratio is scale-free: it
+    falls only when clusters get more compact relative to their gaps, while the
+    raw center loss can rise as the whole feature cloud spreads (README)."""
     rows = runfiles.read_metrics(run_dir)
     epoch = _column(rows, "epoch")
     fig = Figure(figsize=(11, 7.5), dpi=80)
@@ -41,21 +44,23 @@ def draw_metrics(run_dir: Path) -> Path:
     panels = [
         (axes[0, 0], "accuracy (%)", [("train_acc", "train (softmax)"), ("test_acc", "test (softmax)"),
                                       ("nearest_center_acc", "test (nearest center)")], False),
-        (axes[0, 1], "loss", [("nll", "train NLL"), ("test_nll", "test NLL"), ("center_loss", "train center loss")], True),
+        (axes[0, 1], "intra / inter (lower = more compact)", [("intra_inter_ratio", "intra / inter (test)")], True),
         (axes[1, 0], "distance in feature space", [("intra", "intra: mean ‖x − c_y‖ (test)"),
                                                    ("inter", "inter: closest two centers")], True),
-        (axes[1, 1], "intra / inter (lower = more discriminative)", [("intra_inter_ratio", "intra / inter")], True),
+        (axes[1, 1], "loss", [("nll", "train NLL"), ("test_nll", "test NLL"), ("center_loss", "train center loss")], True),
     ]
     for ax, ylabel, series, log in panels:
+        ratio = ax is axes[0, 1]
         for (name, label), colour in zip(series, LINE_COLOURS):
             values = _column(rows, name)
             if values is None:
                 continue
             if log and (values > 0).all():
                 set_log_scale(ax)
-            ax.plot(epoch, values, marker="o", markersize=3, color=colour, label=label)
+            ax.plot(epoch, values, marker="o", markersize=5 if ratio else 3, linewidth=2.5 if ratio else 1.5,
+                    color="black" if ratio else colour, label=label)
         _epoch_axis(ax)
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(ylabel, fontweight="bold" if ratio else "normal")
         if ax.lines:
             ax.legend(fontsize=8)
     fig.suptitle(f"{Path(run_dir).name}: metrics per epoch")
