@@ -19,7 +19,9 @@ METRIC_COLUMNS = {"epoch", "dataset", "nll", "center_loss", "center_loss_weight"
 def two_epochs(tmp_path_factory):
     """One finished 2-epoch run, shared by the tests that only read it."""
     work = tmp_path_factory.mktemp("two")
-    proc = run_cli("train.py", *QUICK, "--epochs", "2", "--run-name", "r", "--frame-duration-ms", "150",
+    # StepLR, so that test_resume_matches_an_uninterrupted_run can extend a 1-epoch run to it exactly
+    # (a cosine schedule is planned over --epochs; extending it re-plans the rest).
+    proc = run_cli("train.py", *QUICK, "--epochs", "2", "--run-name", "r", "--frame-duration-ms", "150", "--lr-schedule", "step",
                    cwd=work, check=0)
     return work / "outputs" / "r", proc
 
@@ -90,7 +92,8 @@ def test_visualize_refuses_a_folder_without_embeddings(tmp_path):
 
 def test_resume_matches_an_uninterrupted_run(two_epochs, tmp_path):
     reference, _ = two_epochs
-    run_cli("train.py", *QUICK, "--epochs", "1", "--run-name", "r", "--frame-duration-ms", "150", cwd=tmp_path, check=0)
+    run_cli("train.py", *QUICK, "--epochs", "1", "--run-name", "r", "--frame-duration-ms", "150", "--lr-schedule", "step",
+            cwd=tmp_path, check=0)
     run_dir = tmp_path / "outputs" / "r"
     proc = run_cli("train.py", "--resume", run_dir, "--epochs", "2", cwd=tmp_path, check=0)
     assert "from epoch 2" in proc.stdout
