@@ -299,8 +299,10 @@ def parse_unknown(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
 
 
 def expand_paths(cfg: Config) -> Config:
-    """`~` in the folders means the home folder, as in a shell."""
-    return dataclasses.replace(cfg, output_dir=os.path.expanduser(cfg.output_dir), data_dir=os.path.expanduser(cfg.data_dir))
+    """`~` in the folders means the home folder, as in a shell. The data folder is
+    made absolute, so a resumed run finds the same data from any working folder."""
+    return dataclasses.replace(cfg, output_dir=os.path.expanduser(cfg.output_dir),
+                               data_dir=os.path.abspath(os.path.expanduser(cfg.data_dir)))
 
 
 def resolve(args: argparse.Namespace) -> tuple[Config, str]:

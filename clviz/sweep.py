@@ -155,7 +155,7 @@ def train_members(sweep_dir: Path, base, members: list, overrides: dict, previou
         print(f"[{number}/{len(members)}] {member['name']}")
         data_key = (cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.allow_sample_fallback, cfg.input_mean, cfg.input_std)
         if data_key not in datasets:
-            datasets[data_key] = run.load_dataset(cfg)
+            datasets[data_key] = run.load_dataset(cfg, resuming=checkpoint is not None)
         session = run.open_session(cfg, checkpoint=checkpoint, run_dir=member_dir if checkpoint else None,
                                      dataset=datasets[data_key])
         code = run.fit(session, renderer)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -84,6 +85,26 @@ def compiler():
     if problem and not os.environ.get("CENTERLOSS_REQUIRE_COMPILER"):
         pytest.skip(f"torch.compile cannot build the fused PReLU here ({problem})")
     assert problem is None, problem
+
+
+# ---------- small data sets in torchvision's layout ----------
+
+def write_idx(folder, name, magic, count, item_shape=(), payload=None, kind="MNIST"):
+    """A small IDX file as torchvision reads it (big-endian header)."""
+    raw = folder / kind / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    header = [magic, count, *item_shape]
+    body = payload if payload is not None else bytes(int(np.prod(item_shape or (1,))) * count)
+    (raw / name).write_bytes(b"".join(int(v).to_bytes(4, "big") for v in header) + body)
+    return raw / name
+
+
+def write_small_set(folder, kind, train=40, test=20):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", train), ("t10k", test)):
+        write_idx(folder, f"{prefix}-images-idx3-ubyte", 2051, n, (28, 28), kind=kind,
+                  payload=rng.integers(0, 256, n * 784, dtype=np.uint8).tobytes())
+        write_idx(folder, f"{prefix}-labels-idx1-ubyte", 2049, n, kind=kind, payload=(np.arange(n) % 10).astype(np.uint8).tobytes())
 
 
 # ---------- the training step in-process ----------

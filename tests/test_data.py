@@ -1,6 +1,5 @@
 """Data loading: torchvision's MNIST, the offline fallback, and bad files."""
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -9,18 +8,9 @@ import train
 from clviz import data as datalib
 from clviz import runfiles
 from clviz.data import DataError
+from tests.conftest import write_idx, write_small_set
 
 IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
-
-
-def write_idx(folder, name, magic, count, item_shape=(), payload=None, kind="MNIST"):
-    """A small IDX file as torchvision reads it (big-endian header)."""
-    raw = folder / kind / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    header = [magic, count, *item_shape]
-    body = payload if payload is not None else bytes(int(np.prod(item_shape or (1,))) * count)
-    (raw / name).write_bytes(b"".join(int(v).to_bytes(4, "big") for v in header) + body)
-    return raw / name
 
 
 def fail_download(monkeypatch):
@@ -89,14 +79,6 @@ def test_train_falls_back_offline_and_records_it(tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "outputs" / "off"
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["dataset"] == "mnist-sample"
     assert "mnist-sample" in (run_dir / "metrics.csv").read_text().splitlines()[1]
-
-
-def write_small_set(folder, kind, train=40, test=20):
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", train), ("t10k", test)):
-        write_idx(folder, f"{prefix}-images-idx3-ubyte", 2051, n, (28, 28), kind=kind,
-                  payload=rng.integers(0, 256, n * 784, dtype=np.uint8).tobytes())
-        write_idx(folder, f"{prefix}-labels-idx1-ubyte", 2049, n, kind=kind, payload=(np.arange(n) % 10).astype(np.uint8).tobytes())
 
 
 def test_fashion_mnist_through_torchvision(tmp_path):

@@ -17,7 +17,7 @@ from PIL import Image
 
 import train
 from clviz.training import Diverged, EpochRunner
-from tests.conftest import QUICK, REPO, read_rows, run_cli, without_time
+from tests.conftest import QUICK, REPO, read_rows, run_cli, without_time, write_small_set
 
 pytestmark = pytest.mark.slow
 
@@ -291,3 +291,35 @@ def test_damaged_files_stop_visualize_with_one_line(one_epoch, tmp_path, damage,
     proc = run_cli("visualize.py", run_dir, cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_a_resumed_run_uses_exactly_its_data_or_refuses(tmp_path, monkeypatch, capsys):
+    """A run made with a relative --data-dir, resumed from another folder, trains on
+    the same files (the path is stored absolute) and never falls back to the sample;
+    moved data can be named with --data-dir and is checked to be the same."""
+    write_small_set(tmp_path / "work" / "data", "MNIST", train=60, test=20)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    args = ["--data-dir", "data", "--epochs", "3", "--batch-size", "20", "--run-name", "d"]
+    real = EpochRunner.run
+
+    def stop_after_one(self, *a, epoch, **kw):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, epoch=epoch, **kw)
+
+    monkeypatch.setattr(EpochRunner, "run", stop_after_one)
+    assert train.main(args) == 130
+    monkeypatch.setattr(EpochRunner, "run", real)
+    run_dir = tmp_path / "work" / "outputs" / "d"
+    monkeypatch.chdir(tmp_path / "elsewhere")  # another working folder: "data" means nothing here
+    shutil.move(tmp_path / "work" / "data", tmp_path / "moved")
+    capsys.readouterr()
+    assert train.main(["--resume", str(run_dir)]) == 2  # gone: refused, no silent fallback to the sample
+    err = capsys.readouterr().err
+    assert "this run trained on mnist from" in err and "--data-dir with --resume" in err and err.count("\n") == 1
+    write_small_set(tmp_path / "other", "MNIST", train=80, test=20)  # other data: refused
+    assert train.main(["--resume", str(run_dir), "--data-dir", str(tmp_path / "other")]) == 2
+    assert "does not hold the data" in capsys.readouterr().err
+    assert train.main(["--resume", str(run_dir), "--data-dir", str(tmp_path / "moved")]) == 0  # the moved copy
+    assert [row["dataset"] for row in read_rows(run_dir)] == ["mnist"] * 3
