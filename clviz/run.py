@@ -87,7 +87,10 @@ def prepare(args) -> Session:
         run_dir = runfiles.existing_run_dir(resume_dir)
         cfg, checkpoint = resumed_config(run_dir, resume_overrides(args))
         if checkpoint["epoch"] >= cfg.epochs:
-            raise RunError(f"{run_dir} already finished all {cfg.epochs} epochs; pass --epochs N (N > {checkpoint['epoch']}) to train further")
+            done = checkpoint["epoch"]
+            raise RunError(f"{run_dir} already finished {done} epoch{'s' if done != 1 else ''}"
+                           + (f" (--epochs {cfg.epochs} asks for fewer)" if cfg.epochs < done else "")
+                           + f"; pass --epochs N with N > {done} to train further")
         return open_session(cfg, checkpoint=checkpoint, run_dir=run_dir)
     cfg, config_name = configlib.resolve(args)
     runfiles.check_writable(Path(cfg.output_dir))

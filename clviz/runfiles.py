@@ -92,15 +92,15 @@ def write_text(path, text: str) -> None:
         Path(tmp).write_text(text)
 
 
-def check_writable(folder: Path) -> None:
-    """Fail before training, not after the first epoch."""
+def check_writable(folder: Path, fix: str = "choose another --output-dir") -> None:
+    """Fail before training, not after the first epoch; `fix` is what to tell the user."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        raise RunError(f"cannot write to {folder} ({err.strerror}); choose another --output-dir") from None
+        raise RunError(f"cannot write to {folder} ({err.strerror}); {fix}") from None
 
 
 def new_run_dir(output_dir: str, run_name: str) -> Path:
@@ -122,7 +122,8 @@ def existing_run_dir(path: str) -> Path:
         raise RunError(f"cannot resume {run_dir}: no such folder; pass a folder under outputs/ made by train.py")
     if not (run_dir / CHECKPOINT).is_file():
         raise RunError(f"cannot resume {run_dir}: it has no {CHECKPOINT} (no epoch finished); start a new run instead")
-    check_writable(run_dir)
+    check_writable(run_dir, fix=f"make it writable (chmod -R u+w {run_dir}), or copy the folder somewhere writable "
+                                "and resume the copy")
     # A killed run can leave a temporary file mid-write: it was never renamed into place, so it holds nothing.
     for stale in [*run_dir.rglob(TEMP_GLOB), *run_dir.glob(f"{EMBEDDINGS}/.epoch_*.frame-only.npz")]:
         stale.unlink()

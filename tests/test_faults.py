@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import train
+from clviz import runfiles
 from clviz.training import Diverged, EpochRunner
 from tests.conftest import QUICK, REPO, read_rows, run_cli, without_time, write_small_set
 
@@ -145,7 +146,29 @@ def test_existing_run_is_never_overwritten(one_epoch):
 
 def test_finished_run_needs_more_epochs_to_resume(one_epoch):
     proc = run_cli("train.py", "--resume", "outputs/r", cwd=one_epoch)
-    assert proc.returncode == 2 and "--epochs" in proc.stderr
+    assert proc.returncode == 2 and "already finished 1 epoch; pass --epochs N with N > 1" in proc.stderr
+
+
+def test_fewer_epochs_on_resume_is_named_as_such(one_epoch):
+    proc = run_cli("train.py", "--resume", "outputs/r", "--epochs", "1", cwd=one_epoch)
+    assert proc.returncode == 2 and "already finished 1 epoch; pass --epochs N with N > 1" in proc.stderr
+    proc = run_cli("train.py", "--resume", "outputs/r", "--epochs", "0", cwd=one_epoch)
+    assert proc.returncode == 2 and "'epochs' must be in [1, 100000]" in proc.stderr
+
+
+def test_read_only_run_is_refused_with_the_right_fix(one_epoch, tmp_path, monkeypatch):
+    """(In-process, with the write made to fail: root could write to a read-only folder.)"""
+    run_dir = tmp_path / "r"
+    shutil.copytree(one_epoch / "outputs" / "r", run_dir)
+
+    def read_only(self, data):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(runfiles.Path, "write_bytes", read_only)
+    with pytest.raises(runfiles.RunError) as err:
+        runfiles.existing_run_dir(str(run_dir))
+    assert "Permission denied" in str(err.value) and "chmod -R u+w" in str(err.value)
+    assert "--output-dir" not in str(err.value)
 
 
 def test_resume_refuses_to_change_the_maths(one_epoch):
