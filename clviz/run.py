@@ -4,6 +4,7 @@ frame, save the checkpoint. train.py and sweeps both drive it."""
 
 import dataclasses
 import math
+import os
 import shutil
 import signal
 import time
@@ -61,6 +62,7 @@ class Session:
     metrics: list
     log: RunLog
     data_signature: dict  # name, sizes and label checksum of the data; checkpointed and checked on resume
+    lock: int  # descriptor holding the run folder's lock until the run ends (runfiles.lock_run_dir)
 
 
 def resume_overrides(args) -> dict:
@@ -118,12 +120,16 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
     generator = torch.Generator().manual_seed(cfg.seed)
     if checkpoint is None:
         run_dir = runfiles.new_run_dir(cfg.output_dir, cfg.run_name or default_run_name(cfg.output_dir, config_name))
+        lock = runfiles.lock_run_dir(run_dir)
         cfg = dataclasses.replace(cfg, run_name=run_dir.name)
         start_epoch, metrics = 1, []
     else:
+        lock = runfiles.lock_run_dir(run_dir)  # before anything in it changes
+        runfiles.clear_leftovers(run_dir)
         try:
             parts.load_state_dict(checkpoint["parts"])
         except (RuntimeError, KeyError, ValueError) as err:
+            os.close(lock)
             raise RunError(f"{run_dir}/checkpoint.pt does not fit this model ({str(err).splitlines()[0][:120]}); "
                            "it was made by another version or config, start a new run") from None
         generator.set_state(checkpoint["rng"]["data"])
@@ -144,7 +150,7 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
     log(f"config: {config_changes(cfg)} (all of it in {run_dir / runfiles.CONFIG})")
     runner = EpochRunner(parts, dataset.train, cfg, speed)
     return Session(cfg, run_dir, device, speed, dataset, parts, runner, generator, start_epoch, metrics, log,
-                   data_signature)
+                   data_signature, lock)
 
 
 def check_same_data(run_dir: Path, cfg: Config, saved: Optional[dict], found: dict) -> None:
@@ -186,6 +192,14 @@ def default_run_name(output_dir: str, config_name: str) -> str:
 
 
 def fit(s: Session, renderer: Optional[BackgroundRenderer] = None) -> int:
+    """Train, then release the run folder's lock, however training ends."""
+    try:
+        return train_epochs(s, renderer)
+    finally:
+        os.close(s.lock)
+
+
+def train_epochs(s: Session, renderer: Optional[BackgroundRenderer] = None) -> int:
     """The training loop: train one epoch, evaluate, save frame, save checkpoint.
     A sweep passes its own `renderer`, so its worker process is started once."""
     cfg, parts = s.cfg, s.parts

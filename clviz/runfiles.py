@@ -23,6 +23,7 @@ written last in an epoch; on resume anything newer than it is discarded.
 
 import contextlib
 import csv
+import fcntl
 import io
 import os
 import pickle
@@ -116,6 +117,21 @@ def new_run_dir(output_dir: str, run_name: str) -> Path:
     return run_dir
 
 
+def lock_run_dir(run_dir: Path) -> int:
+    """Hold an exclusive lock on the run folder for as long as this process lives
+    (flock on the folder itself: no lock file to leave behind, and the kernel
+    releases it however the process ends, so a lock is never stale).
+    Returns the descriptor; a second process gets a RunError."""
+    handle = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        raise RunError(f"{run_dir} is in use by another train.py right now; wait for it to finish or stop it, "
+                       "then resume") from None
+    return handle
+
+
 def existing_run_dir(path: str) -> Path:
     run_dir = Path(path)
     if not run_dir.is_dir():
@@ -124,10 +140,15 @@ def existing_run_dir(path: str) -> Path:
         raise RunError(f"cannot resume {run_dir}: it has no {CHECKPOINT} (no epoch finished); start a new run instead")
     check_writable(run_dir, fix=f"make it writable (chmod -R u+w {run_dir}), or copy the folder somewhere writable "
                                 "and resume the copy")
-    # A killed run can leave a temporary file mid-write: it was never renamed into place, so it holds nothing.
+    return run_dir
+
+
+def clear_leftovers(run_dir: Path) -> None:
+    """A killed run can leave a temporary file mid-write: it was never renamed into
+    place, so it holds nothing. Only under the run's lock (another process's
+    temporary files are its own)."""
     for stale in [*run_dir.rglob(TEMP_GLOB), *run_dir.glob(f"{EMBEDDINGS}/.epoch_*.frame-only.npz")]:
         stale.unlink()
-    return run_dir
 
 
 # ---------- checkpoint ----------

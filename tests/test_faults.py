@@ -346,3 +346,18 @@ def test_a_resumed_run_uses_exactly_its_data_or_refuses(tmp_path, monkeypatch, c
     assert "does not hold the data" in capsys.readouterr().err
     assert train.main(["--resume", str(run_dir), "--data-dir", str(tmp_path / "moved")]) == 0  # the moved copy
     assert [row["dataset"] for row in read_rows(run_dir)] == ["mnist"] * 3
+
+
+def test_a_run_folder_in_use_is_refused_and_freed_when_its_holder_ends(one_epoch, tmp_path):
+    run_dir = tmp_path / "r"
+    shutil.copytree(one_epoch / "outputs" / "r", run_dir)
+    (run_dir / ".checkpoint.pt.tmp4242").write_bytes(b"the holder's half-written file")
+    holder = runfiles.lock_run_dir(run_dir)  # as a running train.py holds it
+    try:
+        proc = run_cli("train.py", "--resume", run_dir, "--epochs", "2", cwd=tmp_path)
+        assert proc.returncode == 2 and "is in use by another train.py" in proc.stderr and proc.stderr.count("\n") == 1
+        assert (run_dir / ".checkpoint.pt.tmp4242").exists()  # the holder's files were left alone
+    finally:
+        os.close(holder)  # as when the holder exits, however it exits
+    run_cli("train.py", "--resume", run_dir, "--epochs", "2", cwd=tmp_path, check=0)
+    assert [r["epoch"] for r in read_rows(run_dir)] == ["1", "2"]
