@@ -24,7 +24,7 @@ def test_every_field_has_a_doc_and_a_flag():
 
 def test_defaults_then_file_then_flags(tmp_path):
     cfg, name = resolve([])
-    assert name == "default" and cfg == Config()  # a bare run is exactly the dataclass
+    assert name == "default" and cfg == configlib.expand_paths(Config())  # a bare run is the dataclass (data_dir made absolute)
     path = tmp_path / "mine.yaml"
     path.write_text("epochs: 7\ncenter_update: paper\ncenter_loss_weight: 0.1\n")
     cfg, name = resolve(["--config", str(path), "--epochs", "3", "--center-update", "sgd", "--train-subset", "null"])
