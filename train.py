@@ -38,6 +38,11 @@ def main(argv=None) -> int:
     except (ConfigError, DataError, RunError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return run.EXIT_BAD_INPUT
+    except runfiles.DiskFull as err:  # while drawing the GIF or page after training: the epochs are kept
+        where = f"; every finished epoch is kept: free space and redraw with python visualize.py {session.run_dir}" \
+            if session is not None else "; free space and run the same command again"
+        print(f"error: {err}{where}", file=sys.stderr)
+        return run.EXIT_NO_SPACE
     except KeyboardInterrupt as stop:  # before training, or a second Ctrl-C while the GIF is written
         if session is None:
             print("interrupted before training started; nothing to keep", file=sys.stderr)

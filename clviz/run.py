@@ -29,7 +29,7 @@ from nets import head_settings
 # Fields a resumed run may change: they alter neither the maths nor the files already written.
 # data_dir may point a resumed run at a moved copy of its data, which is checked to be the same data.
 RESUMABLE_OVERRIDES = ("epochs", "device", "bf16", "channels_last", "cuda_graphs", "fused_prelu", "num_threads", "data_dir")
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 130, 143
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 4, 130, 143
 
 
 class Terminated(KeyboardInterrupt):
@@ -137,7 +137,14 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
         start_epoch, metrics = checkpoint["epoch"] + 1, list(checkpoint["metrics"])
         runfiles.write_metrics(run_dir, metrics)  # drop any row newer than the checkpoint
 
-    runfiles.write_config(run_dir, configlib.to_dict(cfg))
+    try:
+        runfiles.write_config(run_dir, configlib.to_dict(cfg))
+    except runfiles.DiskFull as err:
+        os.close(lock)
+        if checkpoint is None:  # an empty folder would only block the next attempt
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise RunError(f"{err}; free space and run the same command again") from None
+        raise RunError(f"{err}; free space and resume with: python train.py --resume {run_dir}") from None
     log = RunLog(run_dir)
     device_text = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.backends.cpu.get_cpu_capability()})"
     for line in runfiles.environment_lines(f"{device_text}; {speed.describe()}"):
@@ -240,6 +247,17 @@ def train_epochs(s: Session, renderer: Optional[BackgroundRenderer] = None) -> i
         finish(s, renderer, own_renderer)
         s.log(f"resume with: python train.py --resume {s.run_dir}")
         return stop_code(stop)
+    except runfiles.DiskFull as err:
+        s.log.path = None  # log.txt cannot grow either
+        if not s.metrics:
+            shutil.rmtree(s.run_dir, ignore_errors=True)
+            s.log(f"error: {err}; nothing finished, removed {s.run_dir}; free space and run the same command again")
+        else:
+            s.log(f"error: {err}; every finished epoch is kept; free space and resume with: "
+                  f"python train.py --resume {s.run_dir}")
+        if own_renderer:
+            renderer.close()
+        return EXIT_NO_SPACE
     except Diverged as err:
         s.log(f"error: {err}. Training stopped; lower --center-loss-weight (now {cfg.center_loss_weight:g}), "
               f"--lr (now {cfg.lr:g}) or --center-lr (now {cfg.center_lr:g}). Finished epochs are kept in {s.run_dir}")

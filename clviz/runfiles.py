@@ -23,11 +23,13 @@ written last in an epoch; on resume anything newer than it is discarded.
 
 import contextlib
 import csv
+import errno
 import fcntl
 import io
 import os
 import pickle
 import platform
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -68,9 +70,16 @@ def atomic_path(path):
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        try:
+            yield tmp
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        except (OSError, RuntimeError) as err:
+            # torch.save's C++ writer reports a full disk as a RuntimeError ("unexpected pos ..."):
+            # ask the file system, so the user hears what really happened.
+            if getattr(err, "errno", None) == errno.ENOSPC or disk_is_full(path.parent):
+                raise DiskFull(path) from None
+            raise
         os.replace(tmp, path)
         folder = os.open(path.parent, os.O_RDONLY)
         try:
@@ -80,6 +89,28 @@ def atomic_path(path):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class DiskFull(OSError):
+    """No space left while writing `path`; whatever was written before is intact."""
+
+    def __init__(self, path: Path):
+        super().__init__(errno.ENOSPC, f"no space left on the device holding {path.parent} while writing {path.name}")
+        self.path = path
+
+    def __reduce__(self):  # so it crosses from the drawing worker intact
+        return DiskFull, (self.path,)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def disk_is_full(folder: Path, reserve: int = 1 << 20) -> bool:
+    """Less than `reserve` bytes (1 MiB) free where `folder` lives."""
+    try:
+        return shutil.disk_usage(folder).free < reserve
+    except OSError:
+        return False
 
 
 def first_line(err: BaseException) -> str:
@@ -244,8 +275,13 @@ class RunLog:
         if console:
             tqdm.write(message)
         if self.path:
-            with open(self.path, "a") as handle:
-                handle.write(message + "\n")
+            try:
+                with open(self.path, "a") as handle:
+                    handle.write(message + "\n")
+            except OSError as err:
+                if err.errno == errno.ENOSPC:
+                    raise DiskFull(self.path) from None
+                raise
 
 
 # ---------- config.yaml ----------

@@ -361,3 +361,47 @@ def test_a_run_folder_in_use_is_refused_and_freed_when_its_holder_ends(one_epoch
         os.close(holder)  # as when the holder exits, however it exits
     run_cli("train.py", "--resume", run_dir, "--epochs", "2", cwd=tmp_path, check=0)
     assert [r["epoch"] for r in read_rows(run_dir)] == ["1", "2"]
+
+
+def test_a_full_disk_is_named_and_loses_nothing(tmp_path, monkeypatch, capsys):
+    """The disk fills while epoch 2's checkpoint is written (torch.save then fails
+    with a C++ 'unexpected pos' error): one line names the disk and the file, epoch 1
+    stays whole, and after freeing space the resume ends as an uninterrupted run."""
+    monkeypatch.chdir(tmp_path)
+    args = [*QUICK, "--epochs", "3", "--run-name", "full"]
+    real_save, saves = runfiles.torch.save, []
+
+    def save_until_full(obj, path):
+        saves.append(path)
+        if len(saves) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                               "data/12: unexpected pos 4480 vs 4373")
+        return real_save(obj, path)
+
+    monkeypatch.setattr(runfiles.torch, "save", save_until_full)
+    monkeypatch.setattr(runfiles, "disk_is_full", lambda folder, reserve=1 << 20: len(saves) >= 2)
+    assert train.main(args) == 4
+    out = capsys.readouterr().out
+    message = next(line for line in out.splitlines() if line.startswith("error:"))
+    assert "no space left on the device holding" in message and "checkpoint.pt" in message
+    assert "resume with: python train.py --resume" in message and "unexpected pos" not in out
+    run_dir = tmp_path / "outputs" / "full"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert not list(run_dir.rglob(".*.tmp*"))
+    monkeypatch.setattr(runfiles.torch, "save", real_save)  # space freed
+    monkeypatch.setattr(runfiles, "disk_is_full", lambda folder, reserve=1 << 20: False)
+    assert train.main(["--resume", str(run_dir)]) == 0
+    assert [r["epoch"] for r in read_rows(run_dir)] == ["1", "2", "3"]
+
+
+def test_a_disk_full_at_start_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+
+    def full(run_dir, values):
+        raise runfiles.DiskFull(run_dir / "config.yaml")
+
+    monkeypatch.setattr(runfiles, "write_config", full)
+    assert train.main([*QUICK, "--epochs", "1", "--run-name", "nospace"]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device" in err and "free space and run the same command again" in err
+    assert not (tmp_path / "outputs" / "nospace").exists()  # nothing that blocks the obvious next command
