@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import train
+from clviz import run as runlib
 from clviz import runfiles
 from clviz.training import Diverged, EpochRunner
 from tests.conftest import QUICK, REPO, read_rows, run_cli, without_time, write_small_set
@@ -405,3 +406,24 @@ def test_a_disk_full_at_start_leaves_no_folder_behind(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert "no space left on the device" in err and "free space and run the same command again" in err
     assert not (tmp_path / "outputs" / "nospace").exists()  # nothing that blocks the obvious next command
+
+
+def test_a_second_ctrl_c_while_drawing_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    real = EpochRunner.run
+
+    def first_ctrl_c(self, *a, epoch, **kw):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, epoch=epoch, **kw)
+
+    def second_ctrl_c(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EpochRunner, "run", first_ctrl_c)
+    monkeypatch.setattr(runlib.gif, "make_gif", second_ctrl_c)
+    assert train.main([*QUICK, "--epochs", "3", "--run-name", "twice"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted again while drawing" in err and "python visualize.py outputs/twice" in err
+    assert "Traceback" not in err
+    assert torch.load(tmp_path / "outputs" / "twice" / "checkpoint.pt", weights_only=True)["epoch"] == 1
