@@ -6,6 +6,7 @@ import torch
 import yaml
 from PIL import Image
 
+from clviz.config import Config
 from clviz.metrics import discriminativeness
 from tests.conftest import QUICK, gif_info, read_rows, run_cli, without_time
 
@@ -60,7 +61,7 @@ def test_embeddings_are_compact_and_in_dataset_order(two_epochs):
         assert npz["test_features"].shape == (1000, 2) and npz["centers"].shape == (10, 2)
         assert npz["train_labels"][:10].tolist() == list(range(10))  # the sample's interleaved order
         assert int(npz["epoch"]) == 2 and str(npz["dataset"]) == "mnist-sample" and str(npz["head"]) == "linear"
-        assert float(npz["center_loss_weight"]) == 0.01 and str(npz["center_update"]) == "sgd"
+        assert float(npz["center_loss_weight"]) == Config().center_loss_weight and str(npz["center_update"]) == "sgd"
     assert (run_dir / "embeddings" / "epoch_002.npz").stat().st_size < 30_000
 
 
