@@ -37,6 +37,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-points", type=positive_int, default=None, help="at most this many points per panel (default: the run's config)")
     parser.add_argument("--view", choices=("auto",) + frames.VIEWS, default=None,
                         help="plane, or angular (unit circle + angle histogram); default: the run's config")
+    parser.add_argument("--axes", choices=("epoch", "run"), default=None,
+                        help="epoch: each frame fits its epoch; run: one box for the whole run (default: the run's config)")
     parser.add_argument("--regions", action=argparse.BooleanOptionalAction, default=None,
                         help="shade the decision regions (default: the run's config)")
     parser.add_argument("--duration-ms", type=positive_int, default=None, help="GIF milliseconds per frame (default: the run's config)")
@@ -72,7 +74,8 @@ def redraw_all(args) -> int:
     for run_dir in filter(runfiles.embedding_files, runs):
         cfg = saved_config(run_dir)
         options = frames.FrameOptions.from_config(cfg, splits=frames.SPLITS if args.split == "both" else (args.split,),
-                                                  max_points=args.max_points, view=args.view, regions=args.regions)
+                                                  max_points=args.max_points, view=args.view, regions=args.regions,
+                                                  axes=args.axes)
         written = gif.make_gif(run_dir, cfg, options=options, duration_ms=args.duration_ms,
                                hold_last_ms=args.hold_last_ms)
         page = report.write_run_report(run_dir)

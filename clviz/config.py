@@ -113,6 +113,9 @@ class Config:
     frame_regions: bool = opt(True, "shade the classifier's decision regions behind the points")
     frame_view: str = opt("auto", "plane: features as they are; angular: directions on the unit circle + angle histogram; "
                           "auto = angular for cosface/arcface", choices=("auto", "plane", "angular"))
+    frame_axes: str = opt("epoch", "epoch: each frame's axes fit that epoch, so shrinking clusters stay readable (the "
+                          "ticks give the scale); run: one box for the whole run, so sizes compare across frames",
+                          choices=("epoch", "run"))
     frame_max_points: Optional[int] = opt(None, "draw at most this many points per panel (random subset); null = all", low=1)
     frame_duration_ms: int = opt(200, "GIF: milliseconds per frame", low=1)
     gif_hold_last_ms: int = opt(1500, "GIF: milliseconds the last frame stays", low=1)

@@ -64,6 +64,13 @@ def run_limits(files: Sequence[Path]) -> np.ndarray:
     return square_limits([runfiles.read_limits(path) for path in files])
 
 
+def frame_limits(files: Sequence[Path], axes: str) -> list:
+    """One square box per file: the run's union ('run') or each epoch's own ('epoch')."""
+    if axes == "run":
+        return [run_limits(files)] * len(files)
+    return [square_limits([runfiles.read_limits(path)]) for path in files]
+
+
 # ---------- decision regions ----------
 
 def class_scores(points: np.ndarray, head: str, weight: np.ndarray, bias: Optional[np.ndarray] = None) -> np.ndarray:
@@ -109,11 +116,13 @@ class FrameOptions:
     max_points: Optional[int] = Config.frame_max_points
     regions: bool = Config.frame_regions
     view: str = Config.frame_view  # plane, angular, or auto (angular for cosface/arcface)
+    axes: str = Config.frame_axes  # epoch (each frame fits its epoch) or run (one box for the run)
 
     @classmethod
     def from_config(cls, cfg: Config, **changes) -> "FrameOptions":
         """From a run's Config; `changes` that are not None win (the redraw flags)."""
-        values = dict(max_points=cfg.frame_max_points, regions=cfg.frame_regions, view=cfg.frame_view)
+        values = dict(max_points=cfg.frame_max_points, regions=cfg.frame_regions, view=cfg.frame_view,
+                      axes=cfg.frame_axes)
         values.update({key: value for key, value in changes.items() if value is not None})
         return cls(**values)
 
@@ -184,7 +193,8 @@ class FrameRenderer:
             self.points[split] = [ax.plot([], [], linestyle="none", marker=".", markersize=size, alpha=0.45,
                                           color=colour, rasterized=True, zorder=2)[0] for colour in DIGIT_COLOURS]
             # Centers sit on clusters of their own colour: a thick black outline keeps them visible.
-            self.centers[split] = ax.scatter(np.zeros(10), np.zeros(10), s=260, marker="*", c=DIGIT_COLOURS,
+            # Small enough not to hide a compact cluster (with center loss they get tight).
+            self.centers[split] = ax.scatter(np.zeros(10), np.zeros(10), s=150, marker="*", c=DIGIT_COLOURS,
                                              edgecolors="black", linewidths=1.8, zorder=5)
             if view == "angular":
                 draw_unit_circle(ax)

@@ -21,20 +21,20 @@ GIF_NAME = "features.gif"
 
 def redraw(run_dir: Path, *, options: frames.FrameOptions = frames.FrameOptions(),
            renderer: Optional[BackgroundRenderer] = None) -> list:
-    """Redraw every frame that has saved embeddings with one set of axis
-    limits for the whole run. Returns the frame paths in epoch order."""
+    """Redraw every frame that has saved embeddings, with one set of axis limits
+    for the whole run or one per epoch (options.axes). Returns the frame paths in epoch order."""
     run_dir = Path(run_dir)
     files = runfiles.embedding_files(run_dir)
     if not files:
         return []
-    limits = frames.run_limits(files)
+    limits = frames.frame_limits(files, options.axes)
     (run_dir / runfiles.FRAMES).mkdir(exist_ok=True)
     pngs = [runfiles.frame_path(run_dir, runfiles.epoch_of(path)) for path in files]
     own = renderer is None
     renderer = renderer or BackgroundRenderer(workers=max(1, min(len(files) // 8, (os.cpu_count() or 1))))
     try:
-        for npz, png in zip(files, pngs):
-            renderer.submit(frames.render_frame, str(npz), str(png), limits, options)
+        for npz, png, box in zip(files, pngs, limits):
+            renderer.submit(frames.render_frame, str(npz), str(png), box, options)
         renderer.wait()
     finally:
         if own:

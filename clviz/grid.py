@@ -124,7 +124,7 @@ def render_grid_frame(sweep_dir: str, meta: dict, epoch: int, last_epoch: int, p
                      fontsize=9)
         dataset = dataset or str(emb.get("dataset", ""))
     seed = f"  ·  seed {meta['seed_shown']} of each setting" if "seed_shown" in meta else ""
-    fig.suptitle(f"epoch {epoch}/{last_epoch}  ·  test features  ·  {dataset}{seed}", fontsize=13)
+    fig.suptitle(f"epoch {epoch}/{last_epoch}  ·  test features" + (f"  ·  {dataset}" if dataset else "") + seed, fontsize=13)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     with atomic_path(Path(out_path)) as tmp:
         fig.savefig(tmp, format="png")
@@ -140,7 +140,9 @@ def make_grid(sweep_dir: Path, cfg: Config) -> Optional[Path]:
     statuses = {row["member"]: row["status"] for row in runfiles.read_summary(sweep_dir)}
     member_files = [member_frames(sweep_dir, member) for member in meta["members"]]
     ratios = [member_ratios(sweep_dir / member["name"]) for member in meta["members"]]
-    limits = [frames.run_limits(list(f.values())) if f else None for f in member_files]
+    # Per member: one box for its whole run, or one per epoch (cfg.frame_axes), so that a member
+    # whose clusters shrink tenfold stays readable next to one whose clusters do not.
+    limits = [dict(zip(f, frames.frame_limits(list(f.values()), cfg.frame_axes))) if f else None for f in member_files]
     last_epoch = max((max(f) for f in member_files if f), default=0)
     if last_epoch == 0:
         return None
@@ -162,7 +164,7 @@ def make_grid(sweep_dir: Path, cfg: Config) -> Optional[Path]:
                 note = f"intra/inter {ratio[shown]}" if shown in ratio else ""
                 if stopped:
                     note = f"{status or 'stopped'} after epoch {shown}"
-                plan.append((str(available[shown]), member_limits, note))
+                plan.append((str(available[shown]), member_limits[shown], note))
             png = out_dir / f"epoch_{epoch:03d}.png"
             renderer.submit(render_grid_frame, str(sweep_dir), meta, epoch, last_epoch, plan, str(png),
                             cfg.grid_max_points, cfg.frame_regions)

@@ -297,7 +297,8 @@ def save_frame(s: Session, renderer, epoch, train_features, test_features, test_
                              head_bias=None if head.bias is None else head.bias.detach().float().cpu().numpy(),
                              class_names=s.dataset.class_names)
     renderer.submit(frames.render_frame, str(npz), str(runfiles.frame_path(s.run_dir, epoch)),
-                    frames.square_limits(limits_so_far + [limits]), options=frames.FrameOptions.from_config(cfg),
+                    frames.square_limits((limits_so_far if cfg.frame_axes == "run" else []) + [limits]),
+                    options=frames.FrameOptions.from_config(cfg),
                     delete_npz=not keep)
     return limits
 
