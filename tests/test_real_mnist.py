@@ -30,16 +30,19 @@ def test_default_config_learns_on_real_mnist(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not MNIST_DIR, reason="set CENTERLOSS_MNIST_DIR to a folder holding MNIST/raw to run this")
 def test_lambda_one_trains_without_diverging_on_real_mnist(tmp_path):
-    """lambda 1 used to diverge to NaN at step 8. With the warm-up (here: 0.5 epoch at
-    lambda 0, then a ramp to 1 over 0.5 epoch) 300 steps on real MNIST stay finite,
-    reach lambda 1 at step 150, and accuracy rises while the pull is on."""
-    proc = run_cli("train.py", "--data-dir", MNIST_DIR, "--allow-sample-fallback", "false", "--train-subset", "15000",
-                   "--epochs", "2", "--center-loss-weight", "1", "--center-loss-delay", "0.5", "--center-loss-ramp", "0.5",
-                   "--run-name", "lambda1", cwd=tmp_path, timeout=900, check=0)
+    """lambda 1 used to diverge to NaN at step 8. With the default warm-up (an epoch
+    at lambda 0, then a ramp to 1 over the next) 1,800 steps on full MNIST stay
+    finite, reach lambda 1 at step 1,200, and the last epoch, entirely at lambda 1,
+    is more accurate and more compact than the first. (On 12,000 images the
+    classes are not yet apart enough after one epoch: lambda 1 then costs
+    accuracy, 85% -> 78%; full MNIST is the schedule the README's sweep measured.)"""
+    proc = run_cli("train.py", "--data-dir", MNIST_DIR, "--allow-sample-fallback", "false",
+                   "--epochs", "3", "--center-loss-weight", "1", "--run-name", "lambda1", cwd=tmp_path, timeout=1200, check=0)
     rows = read_rows(tmp_path / "outputs" / "lambda1")
-    assert len(rows) == 2, proc.stdout
+    assert len(rows) == 3, proc.stdout
     for row in rows:
         assert all(np.isfinite(float(row[key])) for key in ("nll", "center_loss", "test_nll", "intra_inter_ratio"))
+    assert [float(row["center_loss_weight"]) for row in rows] == [0.0, pytest.approx(1.0, abs=0.01), 1.0]
     accs = [float(row["test_acc"]) for row in rows]
-    assert accs[1] > accs[0] and accs[1] > 90.0, accs  # epoch 2 runs entirely at lambda 1
-    assert float(rows[1]["intra_inter_ratio"]) < float(rows[0]["intra_inter_ratio"])  # the pull tightens the clusters
+    assert accs[2] > accs[0] and accs[2] > 97.0, accs
+    assert float(rows[2]["intra_inter_ratio"]) < float(rows[0]["intra_inter_ratio"])  # the pull tightens the clusters
