@@ -128,6 +128,11 @@ class Config:
 FIELD_TYPES = get_type_hints(Config)
 
 
+def augments(cfg: Config) -> bool:
+    """Whether any random augmentation of the training images is on."""
+    return cfg.augment_shift > 0 or cfg.augment_rotate > 0 or cfg.augment_scale > 0
+
+
 def field_names() -> list[str]:
     return [f.name for f in fields(Config)]
 

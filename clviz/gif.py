@@ -1,5 +1,6 @@
-"""A run's GIF: every frame redrawn with one set of axis limits for the whole
-run, then written as one looping GIF on a shared palette."""
+"""A run's GIF: every frame redrawn with its final axis limits (each epoch's
+own box, or one for the whole run: frame_axes), then written as one looping
+GIF on a shared palette."""
 
 import os
 from collections.abc import Sequence

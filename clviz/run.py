@@ -212,7 +212,8 @@ def train_epochs(s: Session, renderer: Optional[BackgroundRenderer] = None) -> i
     cfg, parts = s.cfg, s.parts
     own_renderer = renderer is None
     renderer = renderer or BackgroundRenderer()
-    limits_so_far = load_limits(s.run_dir, s.start_epoch)
+    # Only a run-wide box needs the earlier epochs' limits (read back on resume).
+    limits_so_far = load_limits(s.run_dir, s.start_epoch) if cfg.frame_axes == "run" else []
     try:
         epochs = tqdm(range(s.start_epoch, cfg.epochs + 1), desc="epochs", unit="epoch", initial=s.start_epoch - 1,
                       total=cfg.epochs, dynamic_ncols=True)
@@ -223,7 +224,9 @@ def train_epochs(s: Session, renderer: Optional[BackgroundRenderer] = None) -> i
             test_nll, test_acc, test_features = evaluate(parts.model, s.dataset.test, s.speed)
             parts.scheduler.step()
             shape = discriminativeness(test_features, s.dataset.test.labels.cpu(), parts.center_loss.centers.detach().cpu())
-            limits_so_far.append(save_frame(s, renderer, epoch, train.features, test_features, test_acc, limits_so_far))
+            limits = save_frame(s, renderer, epoch, train.features, test_features, test_acc, limits_so_far)
+            if cfg.frame_axes == "run":
+                limits_so_far.append(limits)
             row = metrics_row(s, epoch, lr, train, test_nll, test_acc, shape, time.perf_counter() - started)
             s.metrics.append(row)
             runfiles.write_metrics(s.run_dir, s.metrics)
@@ -297,7 +300,7 @@ def save_frame(s: Session, renderer, epoch, train_features, test_features, test_
                              head_bias=None if head.bias is None else head.bias.detach().float().cpu().numpy(),
                              class_names=s.dataset.class_names)
     renderer.submit(frames.render_frame, str(npz), str(runfiles.frame_path(s.run_dir, epoch)),
-                    frames.square_limits((limits_so_far if cfg.frame_axes == "run" else []) + [limits]),
+                    frames.square_limits(limits_so_far + [limits]),
                     options=frames.FrameOptions.from_config(cfg),
                     delete_npz=not keep)
     return limits

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from clviz.config import Config
+from clviz.config import Config, augments
 from nets import LeNetsPP
 
 
@@ -108,7 +108,7 @@ def resolve_speed(cfg: Config, device: torch.device, train_steps: Optional[int] 
     channels_last = {"on": True, "off": False}.get(cfg.channels_last, bf16)
     if cfg.cuda_graphs == "on" and not on_cuda:
         raise ValueError("--cuda-graphs on needs a CUDA GPU (this run is on the CPU); use --cuda-graphs auto or off")
-    if cfg.cuda_graphs == "on" and (cfg.augment_shift or cfg.augment_rotate or cfg.augment_scale):
+    if cfg.cuda_graphs == "on" and augments(cfg):
         raise ValueError("--cuda-graphs on cannot record the augmentation's random draws; set the --augment-* "
                          "flags to 0 or use --cuda-graphs off")
     if cfg.cuda_graphs == "on" and cfg.lr_schedule != "step":

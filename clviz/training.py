@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from centerloss import CenterLoss, scale_feature_grad
-from clviz.config import Config
+from clviz.config import Config, augments
 from clviz.data import NUM_CLASSES, Split
 from clviz.speed import GraphedStep, Speed, autocast, compiled_prelu, to_layout
 from nets import LeNetsPP
@@ -75,10 +75,6 @@ def lr_at(cfg: Config, t: float, steps_per_epoch: int = 1) -> float:
     if cfg.lr_warmup > 0:
         rate *= min(1.0, (t + 1.0 / steps_per_epoch) / cfg.lr_warmup)
     return rate
-
-
-def augments(cfg: Config) -> bool:
-    return cfg.augment_shift > 0 or cfg.augment_rotate > 0 or cfg.augment_scale > 0
 
 
 def augment(images: torch.Tensor, cfg: Config, generator: torch.Generator) -> torch.Tensor:

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from centerloss import CenterLoss
 from clviz import speed as speedlib
-from clviz.config import Config
-from clviz.training import augment, augments, build_parts
+from clviz.config import Config, augments
+from clviz.training import augment, build_parts
 from tests.conftest import app_epochs, plain, reference_epoch, textbook, tiny_split
 
 
