@@ -212,8 +212,11 @@ def train_epochs(s: Session, renderer: Optional[BackgroundRenderer] = None) -> i
     cfg, parts = s.cfg, s.parts
     own_renderer = renderer is None
     renderer = renderer or BackgroundRenderer()
-    # Only a run-wide box needs the earlier epochs' limits (read back on resume).
-    limits_so_far = load_limits(s.run_dir, s.start_epoch) if cfg.frame_axes == "run" else []
+    # Reading the earlier epochs' limits also proves their files readable before any training; only a run-wide
+    # box keeps them.
+    limits_so_far = load_limits(s.run_dir, s.start_epoch)
+    if cfg.frame_axes != "run":
+        limits_so_far = []
     try:
         epochs = tqdm(range(s.start_epoch, cfg.epochs + 1), desc="epochs", unit="epoch", initial=s.start_epoch - 1,
                       total=cfg.epochs, dynamic_ncols=True)
