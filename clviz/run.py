@@ -28,7 +28,8 @@ from nets import head_settings
 
 # Fields a resumed run may change: they alter neither the maths nor the files already written.
 # data_dir may point a resumed run at a moved copy of its data, which is checked to be the same data.
-RESUMABLE_OVERRIDES = ("epochs", "device", "bf16", "channels_last", "cuda_graphs", "fused_prelu", "num_threads", "data_dir")
+RESUMABLE_OVERRIDES = ("epochs", "device", "bf16", "channels_last", "cuda_graphs", "fused_prelu", "folded_eval", "num_threads",
+                       "data_dir")
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 4, 130, 143
 
 
@@ -96,16 +97,26 @@ def prepare(args) -> Session:
         return open_session(cfg, checkpoint=checkpoint, run_dir=run_dir)
     cfg, config_name = configlib.resolve(args)
     runfiles.check_writable(Path(cfg.output_dir))
-    return open_session(cfg, config_name=config_name)
+    return open_session(cfg, config_name=config_name, explicit=configlib.explicit_fields(args))
 
 
 def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[dict] = None,
-                 run_dir: Optional[Path] = None, dataset: Optional[datalib.Dataset] = None) -> Session:
+                 run_dir: Optional[Path] = None, dataset: Optional[datalib.Dataset] = None,
+                 explicit: Optional[set] = None) -> Session:
     """A new run (no checkpoint: a new folder under cfg.output_dir) or a resumed one.
-    `dataset` (on the CPU) saves reloading it for every member of a sweep."""
+    `dataset` (on the CPU) saves reloading it for every member of a sweep.
+    `explicit`: the fields the user set; given, a new run that falls back to the
+    sample takes the sample's recipe for the others (Config.sample_recipe)."""
     device = pick_device(cfg.device)
     if dataset is None:
         dataset = load_dataset(cfg, resuming=checkpoint is not None)
+    recipe_note = ""
+    if explicit is not None and cfg.sample_recipe and cfg.dataset == "mnist" and dataset.name == "mnist-sample":
+        cfg, changed = configlib.with_sample_recipe(cfg, explicit)
+        if changed:
+            recipe_note = ("tuned for the 4,000-image sample with configs/mnist_sample.yaml: "
+                           + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
+                           + " (--sample-recipe false keeps the defaults)")
     data_signature = datalib.signature(dataset)
     if checkpoint is not None:
         check_same_data(run_dir, cfg, checkpoint.get("data"), data_signature)
@@ -138,7 +149,7 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
         runfiles.write_metrics(run_dir, metrics)  # drop any row newer than the checkpoint
 
     try:
-        runfiles.write_config(run_dir, configlib.to_dict(cfg))
+        runfiles.write_config(run_dir, configlib.to_dict(cfg), comment=recipe_note)
     except runfiles.DiskFull as err:
         os.close(lock)
         if checkpoint is None:  # an empty folder would only block the next attempt
@@ -153,6 +164,8 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
         f"({len(dataset.train):,} train / {len(dataset.test):,} test images)")
     if dataset.notice:
         log(f"notice: {dataset.notice}")
+    if recipe_note:
+        log(recipe_note)
     log("config:\n  " + configlib.to_yaml(cfg).strip().replace("\n", "\n  "), console=False)
     log(f"config: {config_changes(cfg)} (all of it in {run_dir / runfiles.CONFIG})")
     runner = EpochRunner(parts, dataset.train, cfg, speed)

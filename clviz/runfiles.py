@@ -286,8 +286,10 @@ class RunLog:
 
 # ---------- config.yaml ----------
 
-def write_config(run_dir: Path, values: dict) -> None:
-    write_text(Path(run_dir) / CONFIG, yaml.safe_dump(values, sort_keys=False))
+def write_config(run_dir: Path, values: dict, comment: str = "") -> None:
+    """config.yaml: every field's value; `comment` goes on top as a YAML comment (e.g. why some values differ)."""
+    header = "".join(f"# {line}\n" for line in comment.splitlines())
+    write_text(Path(run_dir) / CONFIG, header + yaml.safe_dump(values, sort_keys=False))
 
 
 def read_config(run_dir: Path) -> dict:

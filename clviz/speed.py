@@ -8,10 +8,12 @@ import shutil
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from clviz.config import Config, augments
 from nets import LeNetsPP
@@ -55,11 +57,13 @@ class Speed:
     threads: int
     fused_prelu: bool = False
     fused_prelu_note: str = ""  # why auto left it off, when that is worth saying
+    folded_eval: bool = False
 
     def describe(self) -> str:
         fused = "on" if self.fused_prelu else "off" + (f" ({self.fused_prelu_note})" if self.fused_prelu_note else "")
         return (f"bf16 autocast {'on' if self.bf16 else 'off'}, channels_last {'on' if self.channels_last else 'off'}, "
-                f"fused PReLU {fused}, cuda graphs {'on' if self.cuda_graphs else 'off'}, {self.threads} CPU threads")
+                f"fused PReLU {fused}, cuda graphs {'on' if self.cuda_graphs else 'off'}, "
+                f"folded evaluation {'on' if self.folded_eval else 'off'}, {self.threads} CPU threads")
 
 
 # Compiling the fused PReLU costs ~20 s on a 2-core CPU the first time (~2 s
@@ -120,8 +124,14 @@ def resolve_speed(cfg: Config, device: torch.device, train_steps: Optional[int] 
     cuda_graphs = on_cuda and cfg.cuda_graphs == "on"
     threads = cfg.num_threads or torch.get_num_threads()  # torch's default: one per physical core
     fused, note = resolve_fused_prelu(cfg.fused_prelu, device, bf16, channels_last, train_steps)
+    if cfg.folded_eval == "on" and not (device.type == "cpu" and torch.backends.mkldnn.is_available()):
+        raise ValueError(f"--folded-eval on needs the CPU with oneDNN (this run is on {device.type}); "
+                         "use --folded-eval auto or off")
+    # Measured on a 2-core AVX2 CPU in fp32 (bench/RESULTS.md); with bf16 autocast evaluation stays as it was.
+    folded = cfg.folded_eval == "on" or (cfg.folded_eval == "auto" and device.type == "cpu" and not bf16
+                                          and torch.backends.mkldnn.is_available())
     return Speed(bf16=bf16, channels_last=channels_last, cuda_graphs=cuda_graphs, threads=threads,
-                 fused_prelu=fused, fused_prelu_note=note)
+                 fused_prelu=fused, fused_prelu_note=note, folded_eval=folded)
 
 
 def resolve_fused_prelu(choice: str, device: torch.device, bf16: bool, channels_last: bool,
@@ -154,6 +164,65 @@ def autocast(device: torch.device, speed: Speed):
 def to_layout(images: torch.Tensor, speed: Speed) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last) if speed.channels_last else images
 
+
+# ---------- folded evaluation (CPU) ----------
+
+class FoldedNet:
+    """An evaluation-only copy of a LeNetsPP for the CPU, in fp32, same maths as
+    `model.eval()` up to float rounding (~1e-6 relative):
+
+    - each BatchNorm is folded into the conv before it:
+      w' = w * g / sqrt(v + eps) per output channel, b' = (b - mu) * g / sqrt(v + eps) + beta;
+    - the conv weights are reordered once into oneDNN's blocked layout, and the
+      activations stay in it from the first conv to the last max-pool.
+
+    Eager evaluation instead runs a separate BatchNorm pass and converts every
+    activation into and out of that layout around each conv. Built from the
+    model's current weights, so build a new one after the weights change
+    (once per evaluation costs well under a millisecond)."""
+
+    def __init__(self, model: LeNetsPP):
+        self.model = model
+        self.layers: list = []
+        for stage in model.stages:
+            modules = list(stage)
+            i = 0
+            while i < len(modules):
+                module = modules[i]
+                if isinstance(module, nn.Conv2d) and i + 1 < len(modules) and isinstance(modules[i + 1], nn.BatchNorm2d):
+                    self.layers.append(self._conv(fuse_conv_bn_eval(module, modules[i + 1])))
+                    i += 2
+                    continue
+                if isinstance(module, nn.Conv2d):
+                    self.layers.append(self._conv(module))
+                elif isinstance(module, nn.PReLU):
+                    weight = module.weight.detach()
+                    self.layers.append(lambda x, w=weight: F.prelu(x, w))
+                elif isinstance(module, nn.MaxPool2d):
+                    self.layers.append(module)
+                else:
+                    raise TypeError(f"FoldedNet does not know {type(module).__name__}")
+                i += 1
+
+    @staticmethod
+    def _conv(conv: nn.Conv2d) -> Callable:
+        weight = torch._C._nn.mkldnn_reorder_conv2d_weight(conv.weight.detach().to_mkldnn(), conv.padding, conv.stride,
+                                                           conv.dilation, conv.groups)
+        bias = None if conv.bias is None else conv.bias.detach().to_mkldnn()
+        padding, stride, dilation, groups = conv.padding, conv.stride, conv.dilation, conv.groups
+        return lambda x: torch.mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups)
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images.float().contiguous().to_mkldnn()
+        for layer in self.layers:
+            x = layer(x)
+        features = self.model.embed(torch.flatten(x.to_dense(), 1))
+        return features, F.log_softmax(self.model.classifier(features), dim=1)
+
+
+def eval_forward(model: LeNetsPP, speed: Speed) -> Callable:
+    """What evaluation calls on a batch: the folded copy when the switch is on, else the model itself."""
+    return FoldedNet(model) if speed.folded_eval else model
 
 
 # ---------- CUDA graphs ----------

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from centerloss import CenterLoss, scale_feature_grad
 from clviz.config import Config, augments
 from clviz.data import NUM_CLASSES, Split
-from clviz.speed import GraphedStep, Speed, autocast, compiled_prelu, to_layout
+from clviz.speed import GraphedStep, Speed, autocast, compiled_prelu, eval_forward, to_layout
 from nets import LeNetsPP
 
 
@@ -243,17 +243,24 @@ class EpochRunner:
         return EpochResult(totals[0] / n, totals[1] / n, 100 * totals[2] / n, features, float(self.weight))
 
 
+EVAL_BATCH, EVAL_BATCH_CPU = 1000, 100
+
+
 @torch.no_grad()
-def evaluate(model: LeNetsPP, split: Split, speed: Speed, batch_size: int = 1000) -> tuple:
-    """(nll, accuracy %, features (N, feat_dim) float32 on the CPU) in eval mode."""
+def evaluate(model: LeNetsPP, split: Split, speed: Speed, batch_size: Optional[int] = None) -> tuple:
+    """(nll, accuracy %, features (N, feat_dim) float32 on the CPU) in eval mode.
+    batch_size None: EVAL_BATCH_CPU on the CPU, whose caches favour small
+    batches, else EVAL_BATCH."""
     model.eval()
     device = split.images.device
+    batch_size = batch_size or (EVAL_BATCH_CPU if device.type == "cpu" else EVAL_BATCH)
+    forward = eval_forward(model, speed)
     nll_sum, correct, features = torch.zeros((), device=device), torch.zeros((), device=device), []
     for start in range(0, len(split), batch_size):
         images = to_layout(split.images[start:start + batch_size], speed)
         labels = split.labels[start:start + batch_size]
         with autocast(device, speed):
-            feats, log_probs = model(images)
+            feats, log_probs = forward(images)
         nll_sum += F.nll_loss(log_probs, labels, reduction="sum")
         correct += (log_probs.argmax(1) == labels).sum()
         features.append(feats.float())

@@ -36,7 +36,7 @@ SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def test_configs_folder_is_what_the_tests_know():
-    assert [p.stem for p in SHIPPED] == ["arcface", "best", "cosface", "paper", "seed", "softmax_only"]
+    assert [p.stem for p in SHIPPED] == ["arcface", "best", "cosface", "mnist_sample", "paper", "seed", "softmax_only"]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
@@ -57,6 +57,8 @@ def test_what_the_shipped_configs_are_for():
     assert load("cosface").head == "cosface" and load("arcface").head == "arcface"
     best = load("best")
     assert best.augment_shift > 0 and best.lr_schedule == "cosine" and best.center_loss_weight > 0 and best.feat_dim == 2
+    sample = load("mnist_sample")
+    assert sample.dataset == "mnist-sample" and sample.epochs > Config().epochs
 
 
 def test_help_prints_the_defaults_that_apply():

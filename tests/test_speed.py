@@ -1,5 +1,6 @@
 """The speed switches' rules: device choice, the fused PReLU's auto rule and
-its fallback, CUDA graphs' refusal on the CPU and their capture fallback."""
+its fallback, CUDA graphs' refusal on the CPU and their capture fallback,
+and the folded evaluation against the eval-mode model."""
 
 import dataclasses
 
@@ -8,6 +9,9 @@ import torch
 
 from clviz import speed as speedlib
 from clviz.config import Config
+from clviz.data import Split
+from clviz.training import evaluate
+from nets import LeNetsPP
 
 
 def test_cuda_request_without_gpu_is_a_clear_error():
@@ -75,3 +79,57 @@ def test_failed_capture_falls_back_to_eager_steps_without_losing_the_batch():
         graphed(torch.tensor([4, 5, 6]), lr=0.1)
     graphed(torch.tensor([7, 8, 9]), lr=0.1)  # no second attempt, no second warning
     assert [t.tolist() for t in seen] == [[4, 5, 6], [7, 8, 9]] and not graphed.record
+
+
+def trained_looking_model(seed=0, **kwargs):
+    """A LeNetsPP whose BatchNorms hold non-trivial running statistics and affine
+    weights, so folding them into the convs is really exercised."""
+    torch.manual_seed(seed)
+    model = LeNetsPP(**kwargs)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.3, 3.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize("head", ["linear", "arcface"])
+def test_folded_evaluation_equals_the_eval_mode_model(head):
+    model = trained_looking_model(head=head)
+    images = torch.randn(37, 1, 28, 28)  # an odd batch: no layout may assume a multiple of anything
+    with torch.no_grad():
+        want_features, want_log_probs = model(images)
+        features, log_probs = speedlib.FoldedNet(model)(images)
+    torch.testing.assert_close(features, want_features, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(log_probs, want_log_probs, rtol=1e-4, atol=1e-5)
+    # The reference really depends on the BatchNorm statistics the fold must carry.
+    model.stages[0][1].running_var.mul_(4)
+    with torch.no_grad():
+        assert not torch.allclose(model(images)[0], want_features, rtol=1e-2, atol=1e-4)
+
+
+def test_folded_evaluation_gives_the_same_metrics_and_rebuilds_after_an_update():
+    model = trained_looking_model()
+    split = Split(torch.randn(250, 1, 28, 28), torch.randint(0, 10, (250,)))
+    plain = speedlib.Speed(bf16=False, channels_last=False, cuda_graphs=False, threads=1)
+    folded = dataclasses.replace(plain, folded_eval=True)
+    nll, acc, features = evaluate(model, split, plain, batch_size=64)
+    nll_f, acc_f, features_f = evaluate(model, split, folded, batch_size=64)
+    assert acc_f == acc and nll_f == pytest.approx(nll, rel=1e-5)
+    torch.testing.assert_close(features_f, features, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        model.stages[1][0].weight.mul_(-2)  # new weights: the next evaluation must see them
+    changed = evaluate(model, split, plain)[2]
+    assert not torch.allclose(changed, features, rtol=1e-2, atol=1e-4)
+    torch.testing.assert_close(evaluate(model, split, folded)[2], changed, rtol=1e-4, atol=1e-5)
+
+
+def test_folded_evaluation_switch():
+    cpu = torch.device("cpu")
+    assert speedlib.resolve_speed(Config(bf16="off"), cpu, 10).folded_eval
+    assert not speedlib.resolve_speed(Config(bf16="on"), cpu, 10).folded_eval  # bf16 evaluation stays as it was
+    assert not speedlib.resolve_speed(Config(folded_eval="off"), cpu, 10).folded_eval
+    with pytest.raises(ValueError, match="--folded-eval on needs the CPU"):
+        speedlib.resolve_speed(Config(folded_eval="on", device="mps"), torch.device("mps"), 10)

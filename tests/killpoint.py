@@ -1,0 +1,76 @@
+"""Runs one of the project's scripts with a kill point armed, for tests/test_kill_points.py:
+
+    KILL_AT=<what>:<n> python tests/killpoint.py train.py <args...>
+
+<what> is `step` (the n-th training step of this process) or a file name (the
+n-th time a file of that name has been fully written to its temporary path by
+runfiles.atomic_path, before the rename that would make it visible). There the
+trainer gets SIGKILL, as from the OOM killer or `kill -9`, whichever process
+does the writing: a frame or a page is written by the drawing worker, which
+then kills its parent, the trainer, and waits to be ended with it.
+
+A spawned worker imports this file again (as __mp_main__), so the patch below
+is in place in the workers too.
+"""
+
+import contextlib
+import os
+import runpy
+import signal
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from clviz import frames, gif, grid, report, runfiles, training  # noqa: E402
+
+TARGET, NTH = os.environ["KILL_AT"].rsplit(":", 1)
+NTH = int(NTH)
+seen = 0
+
+
+def kill_trainer() -> None:
+    trainer = int(os.environ["KILL_TRAINER"])
+    os.kill(trainer, signal.SIGKILL)
+    time.sleep(60)  # a worker: the trainer's death must end us long before this
+
+
+def count_and_maybe_kill() -> None:
+    global seen
+    seen += 1
+    if seen == NTH:
+        kill_trainer()
+
+
+write_atomically = runfiles.atomic_path
+
+
+@contextlib.contextmanager
+def atomic_path_with_kill(path):
+    with write_atomically(path) as tmp:
+        yield tmp
+        if Path(path).name == TARGET:
+            count_and_maybe_kill()
+
+
+# Every module that writes through atomic_path holds its own reference to it.
+for module in (runfiles, frames, gif, grid, report):
+    if hasattr(module, "atomic_path"):
+        module.atomic_path = atomic_path_with_kill
+
+if TARGET == "step":
+    step = training.forward_backward
+
+    def forward_backward_with_kill(*args, **kwargs):
+        count_and_maybe_kill()
+        return step(*args, **kwargs)
+
+    training.forward_backward = forward_backward_with_kill
+
+if __name__ == "__main__":
+    os.environ["KILL_TRAINER"] = str(os.getpid())
+    script = sys.argv[1]
+    sys.argv = [str(REPO / script), *sys.argv[2:]]
+    runpy.run_path(str(REPO / script), run_name="__main__")
