@@ -10,11 +10,12 @@ Options not given are the run's own config (its config.yaml).
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from clviz import config as configlib
-from clviz import frames, gif, report, runfiles, sweep
+from clviz import frames, gif, report, run, runfiles, sweep
 from clviz.config import ConfigError
 from clviz.runfiles import RunError
 
@@ -57,9 +58,13 @@ def main(argv=None) -> int:
     try:
         return redraw_all(args)
     except (RunError, ConfigError, OSError) as err:
-        text = f"{err.strerror} on {err.filename}" if isinstance(err, OSError) and err.strerror else str(err)
+        text = f"{err.strerror} on {err.filename}" if isinstance(err, OSError) and err.strerror and err.filename else str(err)
         print(f"error: {text}", file=sys.stderr)
-        return 2
+        return 4 if isinstance(err, runfiles.DiskFull) else 2
+    except KeyboardInterrupt:
+        # Every file is replaced atomically: what was drawn is whole, the rest is as it was.
+        print(f"interrupted; the run's data are untouched: python visualize.py {args.run_dir} redraws again", file=sys.stderr)
+        return 130
 
 
 def redraw_all(args) -> int:
@@ -72,18 +77,33 @@ def redraw_all(args) -> int:
               file=sys.stderr)
         return 2
     for run_dir in filter(runfiles.embedding_files, runs):
-        cfg = saved_config(run_dir)
-        options = frames.FrameOptions.from_config(cfg, splits=frames.SPLITS if args.split == "both" else (args.split,),
-                                                  max_points=args.max_points, view=args.view, regions=args.regions,
-                                                  axes=args.axes)
-        written = gif.make_gif(run_dir, cfg, options=options, duration_ms=args.duration_ms,
-                               hold_last_ms=args.hold_last_ms)
-        page = report.write_run_report(run_dir)
-        print(f"redrew {len(runfiles.embedding_files(run_dir))} frames in {run_dir / runfiles.FRAMES}; "
-              f"wrote {written} and {page}")
+        try:
+            lock = runfiles.lock_run_dir(run_dir)
+        except RunError:
+            raise RunError(f"{run_dir} is being trained right now (its index.html updates itself); "
+                           "redraw it once train.py has finished") from None
+        try:
+            redraw_run(run_dir, args)
+        finally:
+            os.close(lock)
     if runs != [args.run_dir]:
         sweep.finish(args.run_dir)
     return 0
+
+
+def redraw_run(run_dir: Path, args) -> None:
+    """One run's frames, GIF, interactive view and page, under the run's lock."""
+    runfiles.clear_leftovers(run_dir)  # a killed writer's temporary files: never renamed into place, so empty of use
+    cfg = saved_config(run_dir)
+    options = frames.FrameOptions.from_config(cfg, splits=frames.SPLITS if args.split == "both" else (args.split,),
+                                              max_points=args.max_points, view=args.view, regions=args.regions,
+                                              axes=args.axes)
+    written = gif.make_gif(run_dir, cfg, options=options, duration_ms=args.duration_ms,
+                           hold_last_ms=args.hold_last_ms)
+    run.write_interactive(run_dir, cfg)
+    page = report.write_run_report(run_dir)
+    print(f"redrew {len(runfiles.embedding_files(run_dir))} frames in {run_dir / runfiles.FRAMES}; "
+          f"wrote {written} and {page}")
 
 
 if __name__ == "__main__":

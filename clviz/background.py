@@ -14,8 +14,10 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 PR_SET_PDEATHSIG = 1  # Linux prctl option: a signal for this process when its parent dies
+MAX_RESTARTS = 3  # a worker that keeps dying is a problem to report, not to hide
 
 
 class BackgroundRenderer:
@@ -23,19 +25,46 @@ class BackgroundRenderer:
     A worker uses one thread: it must not take the cores training runs on."""
 
     def __init__(self, workers: int = 1):
+        self.workers = workers
+        self.pool = self._start()
+        self.pending = []  # (future, pool, job); a job is (function, args, kwargs)
+        self.restarts = 0
+
+    def _start(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
         # The trainer's pid goes with the worker: if the trainer dies while the worker is still
         # starting (importing takes seconds), the worker must still see that it is orphaned.
-        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_quiet_worker,
-                                        initargs=(os.getpid(),))
-        self.pending = []
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_quiet_worker,
+                                   initargs=(os.getpid(),))
+
+    def _restart(self) -> None:
+        """A worker died (the OOM killer, a stray kill): a new pool takes over, training goes on."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._start()
+        self.restarts += 1
+        if self.restarts > MAX_RESTARTS:
+            raise RuntimeError(f"the drawing worker died {self.restarts} times; see the system log (out of memory?)")
 
     def submit(self, function, *args, **kwargs) -> None:
         """Run `function` (picklable, top-level, e.g. frames.render_frame) in the worker."""
-        self.pending.append(self.pool.submit(function, *args, **kwargs))
+        job = (function, args, kwargs)
+        try:
+            future = self.pool.submit(function, *args, **kwargs)
+        except BrokenProcessPool:
+            self._restart()
+            future = self.pool.submit(function, *args, **kwargs)
+        self.pending.append((future, self.pool, job))
 
     def wait(self) -> list:
-        done = [future.result() for future in self.pending]
+        """Every submitted job's result, in order; a job lost with a dead worker runs again in a new one."""
+        done = []
+        for future, pool, (function, args, kwargs) in self.pending:
+            try:
+                done.append(future.result())
+            except BrokenProcessPool:
+                if pool is self.pool:  # the first job to find this pool dead starts the next one
+                    self._restart()
+                done.append(self.pool.submit(function, *args, **kwargs).result())
         self.pending = []
         return done
 

@@ -50,7 +50,8 @@ class Config:
     input_mean: Optional[float] = opt(None, "normalise pixels (0..1) as (p - mean) / std with this mean; null = the dataset's own")
     input_std: Optional[float] = opt(None, "... and this std; null = the dataset's own", low=0.0, low_open=True)
     # --- model ---
-    feat_dim: int = opt(2, "size of the feature layer; 2 lets us draw it (at least 2: one number has no plane to draw)",
+    feat_dim: int = opt(2, "size of the feature layer: 2 is drawn as it is, 3 in a turning 3-D view, more as the "
+                        "first two principal components (at least 2: one number has no plane to draw)",
                         low=2, high=4096)
     classifier_bias: bool = opt(False, "give the linear head a bias (off in the paper's code: clusters radiate from the origin)")
     head: str = opt("linear", "classifier head: the paper's linear layer, or the margin heads cosface (cos - m) / arcface (cos(theta + m))",
@@ -122,10 +123,13 @@ class Config:
     frame_axes: str = opt("epoch", "epoch: each frame's axes fit that epoch, so shrinking clusters stay readable (the "
                           "ticks give the scale); run: one box for the whole run, so sizes compare across frames",
                           choices=("epoch", "run"))
-    frame_max_points: Optional[int] = opt(None, "draw at most this many points per panel (random subset); null = all", low=1)
+    frame_max_points: Optional[int] = opt(None, "draw at most this many points per panel (random subset); null = all "
+                                          "(3-D views: 4,000, which keeps a frame under 0.3 s)", low=1)
     frame_duration_ms: int = opt(200, "GIF: milliseconds per frame", low=1)
     gif_hold_last_ms: int = opt(1500, "GIF: milliseconds the last frame stays", low=1)
     embeddings_every: int = opt(1, "keep embeddings of every k-th epoch (and the last); frames are drawn every epoch", low=1)
+    tensorboard: bool = opt(False, "also write TensorBoard events into the run folder's tensorboard/ (metrics, frames, "
+                            "the last epoch's test features for the Embedding Projector); needs pip install tensorboard")
     grid_max_points: Optional[int] = opt(4000, "sweep grid: at most this many test points per panel; null = all", low=1)
     grid_duration_ms: int = opt(300, "sweep grid GIF: milliseconds per frame", low=1)
     grid_hold_last_ms: int = opt(2000, "sweep grid GIF: milliseconds the last frame stays", low=1)
@@ -297,9 +301,10 @@ def make_parser(description: str) -> argparse.ArgumentParser:
     for spec in fields(Config):
         tp, nullable = _base_type(FIELD_TYPES[spec.name])
         metavar = "{" + ",".join(spec.metadata["choices"]) + "}" if spec.metadata["choices"] else tp.__name__.upper()
-        if tp is bool:
-            metavar = "{true,false}"
-        group.add_argument(flag(spec.name), dest=spec.name, metavar=metavar,
+        extra = {}
+        if tp is bool:  # --tensorboard alone means true
+            metavar, extra = "{true,false}", dict(nargs="?", const="true")
+        group.add_argument(flag(spec.name), dest=spec.name, metavar=metavar, **extra,
                            help=f"{spec.metadata['doc']} (default: {spec.default})")
     return parser
 

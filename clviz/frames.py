@@ -6,6 +6,11 @@ and arcface heads, whose logits ignore the radius) draws each feature's
 direction on the unit circle and a histogram of the test angles per class.
 The title is composed here from the npz's fields (epoch, accuracy, lambda,
 head, dataset), never stored as text and parsed back.
+
+3-D features (feat_dim 3) get a 3-D view (FrameRenderer3D): the camera turns
+a few degrees per epoch; for margin heads every feature is put on the unit
+sphere. Wider features are drawn as their first two principal components
+(projection.py), the share of the variance they keep in the title.
 """
 
 import functools
@@ -21,10 +26,12 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.transforms import Bbox
+from mpl_toolkits.mplot3d import Axes3D  # noqa: F401  (registers the "3d" projection)
 from PIL import Image
 
 from clviz import runfiles
 from clviz.config import Config
+from clviz.projection import Projection, fit_pca
 from clviz.runfiles import atomic_path
 
 SPLITS = ("train", "test")
@@ -59,16 +66,86 @@ def square_limits(limits: Sequence[np.ndarray]) -> np.ndarray:
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     return np.array([cx - half, cx + half, cy - half, cy + half])
 
+def epoch_limits(train_features: np.ndarray, test_features: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """The `limits` an embeddings file stores: of the features as drawn in 2-D
+    (for feat_dim > 3 projected by this epoch's own PCA; for 3-D the first two
+    axes, which the 3-D view does not use)."""
+    points = np.concatenate([train_features, test_features]).astype(np.float32)
+    if points.shape[1] > 3:
+        projection = fit_pca(test_features)
+        points, centers = projection(points), projection(centers)
+    return robust_limits(points[:, :2], np.asarray(centers)[:, :2])
+
+
+def cube_limits(point_sets: Sequence[np.ndarray]) -> np.ndarray:
+    """[x0, x1, y0, y1, z0, z1]: one padded cube around all but the outermost
+    0.2% of the points per side (3-D frames)."""
+    points = np.concatenate([np.asarray(p, dtype=np.float32)[:, :3] for p in point_sets])
+    low = np.quantile(points, OUTLIER_QUANTILE, axis=0)
+    high = np.quantile(points, 1.0 - OUTLIER_QUANTILE, axis=0)
+    half = max(float((high - low).max()), 1e-6) * (0.5 + LIMIT_PADDING)
+    middle = (low + high) / 2
+    return np.array([value for m in middle for value in (m - half, m + half)])
+
+
 def run_limits(files: Sequence[Path]) -> np.ndarray:
     """Square limits over every saved epoch (reads only each file's `limits`)."""
     return square_limits([runfiles.read_limits(path) for path in files])
 
 
-def frame_limits(files: Sequence[Path], axes: str) -> list:
-    """One square box per file: the run's union ('run') or each epoch's own ('epoch')."""
+def frame_limits(files: Sequence[Path], axes: str, projection: Optional[Projection] = None, dim: int = 2) -> list:
+    """One box per file: the run's union ('run') or each epoch's own ('epoch').
+    2-D: squares, from the stored limits. Projected (`projection`): squares of the
+    projected points. 3-D: cubes for 'run'; None for 'epoch' (each frame fits its own)."""
+    if dim == 3:
+        if axes != "run":
+            return [None] * len(files)
+        cube = cube_limits([points for path in files for points in split_points(path)])
+        return [cube] * len(files)
+    if projection is not None:
+        boxes = []
+        for path in files:
+            emb = runfiles.load_embeddings(path)
+            points = np.concatenate([emb["train_features"], emb["test_features"]])
+            boxes.append(robust_limits(projection(points), projection(emb["centers"])))
+    else:
+        boxes = [runfiles.read_limits(path) for path in files]
     if axes == "run":
-        return [run_limits(files)] * len(files)
-    return [square_limits([runfiles.read_limits(path)]) for path in files]
+        return [square_limits(boxes)] * len(files)
+    return [square_limits([box]) for box in boxes]
+
+
+def split_points(path: Path) -> list:
+    emb = runfiles.load_embeddings(path)
+    return [emb["train_features"], emb["test_features"], emb["centers"]]
+
+
+def feature_dim(path: Path) -> int:
+    return int(runfiles.load_embeddings(path)["centers"].shape[1])
+
+
+def run_projection(files: Sequence[Path]) -> Optional[Projection]:
+    """For feat_dim > 3: the PCA of the last epoch's test features, used for every frame of
+    the final GIF, so no frame flips or turns against the next; None otherwise."""
+    if not files or feature_dim(files[-1]) <= 3:
+        return None
+    return fit_pca(runfiles.load_embeddings(files[-1])["test_features"])
+
+
+def projected(emb: dict, projection: Optional[Projection] = None) -> dict:
+    """`emb` with its features, centers and class weights in the PCA plane
+    (fitted on this epoch's test features unless `projection` is given), and a
+    note for the title; the decision regions are not drawn in a projection."""
+    dim = emb["centers"].shape[1]
+    projection = projection or fit_pca(emb["test_features"])
+    out = dict(emb)
+    for split in SPLITS:
+        out[f"{split}_features"] = projection(emb[f"{split}_features"]).astype(np.float32)
+    out["centers"] = projection(emb["centers"]).astype(np.float32)
+    out.pop("head_weight", None)
+    out.pop("head_bias", None)
+    out["projection_note"] = f"PCA of the {dim}-D features: {100 * projection.explained:.0f}% of the variance"
+    return out
 
 
 # ---------- decision regions ----------
@@ -104,9 +181,10 @@ def frame_title(emb: dict) -> str:
     if "dataset" not in emb and "title" in emb:
         return str(emb["title"])
     head = head_text(str(emb.get("head", "linear")), float(emb.get("head_scale", 1.0)), float(emb.get("head_margin", 0.0)))
-    return (f"epoch {int(emb['epoch'])}/{int(emb['epochs'])}  ·  test acc {float(emb['test_acc']):.2f}%  ·  "
-            f"λ = {float(emb.get('center_loss_weight', float('nan'))):g}  ·  {emb.get('center_update', '?')} centers  ·  "
-            f"{head}  ·  {emb.get('dataset', '')}")
+    title = (f"epoch {int(emb['epoch'])}/{int(emb['epochs'])}  ·  test acc {float(emb['test_acc']):.2f}%  ·  "
+             f"λ = {float(emb.get('center_loss_weight', float('nan'))):g}  ·  {emb.get('center_update', '?')} centers  ·  "
+             f"{head}  ·  {emb.get('dataset', '')}")
+    return title + (f"\n{emb['projection_note']}" if "projection_note" in emb else "")
 
 
 @dataclass(frozen=True)
@@ -246,6 +324,12 @@ class FrameRenderer:
             ax.set_xlim(limits[0], limits[1])
             ax.set_ylim(limits[2], limits[3])
             ax.set_title(f"{split} ({len(labels):,} points)")
+            if "projection_note" in emb:
+                ax.set_xlabel("principal component 1")
+                ax.set_ylabel("principal component 2")
+            else:
+                ax.set_xlabel("feature 1" if self.view == "plane" else "feature 1 / ‖feature‖")
+                ax.set_ylabel("feature 2" if self.view == "plane" else "feature 2 / ‖feature‖")
             image = self.regions[split]
             show = self.options.regions and weight is not None and weight.shape[1] == 2
             image.set_visible(show)
@@ -281,7 +365,8 @@ class FrameRenderer:
         dynamic artists on top (lowest zorder first). The shading therefore lies
         over the grid lines rather than under them; at its low alpha they show through."""
         canvas = self.fig.canvas
-        key = tuple((tuple(np.round(ax.get_xlim() + ax.get_ylim(), 9)), ax.get_title()) for ax in self.fig.axes)
+        key = tuple((tuple(np.round(ax.get_xlim() + ax.get_ylim(), 9)), ax.get_title(), ax.get_xlabel())
+                    for ax in self.fig.axes)
         key += (tuple(text.get_text() for text in self.legend.get_texts()),)
         if key != self.background_key:
             shown = [artist.get_visible() for artist in self.dynamic]
@@ -300,16 +385,125 @@ class FrameRenderer:
         return np.asarray(self.fig.canvas.buffer_rgba())[..., :3]
 
 
+# ---------- 3-D features ----------
+
+ELEVATION = 22.0  # degrees above the equator
+AZIMUTH_START = -60.0  # matplotlib's default camera
+AZIMUTH_STEP = 4.0  # degrees the camera turns per epoch, so the GIF shows the shape from several sides
+POINTS_3D = 4000  # per panel: 3-D drawing sorts and projects every point; 2 x 4,000 keeps a frame under 0.3 s
+SPHERE_LIMITS = np.array([-1.25, 1.25, -1.25, 1.25, -1.25, 1.25])
+
+
+def azimuth_of(epoch: int) -> float:
+    return AZIMUTH_START + AZIMUTH_STEP * (epoch - 1)
+
+
+class FrameRenderer3D:
+    """3-D frames: one 3-D panel per split, points per class, centers as stars.
+    The angular view (margin heads) puts every feature and center on the unit
+    sphere, drawn as a faint wire frame, with the directions of the head's
+    class weights as dashed lines from the origin."""
+
+    def __init__(self, options: FrameOptions = FrameOptions(), view: str = "plane"):
+        self.options, self.view = options, view
+        self.splits = tuple(options.splits)
+        panels = len(self.splits)
+        self.fig = Figure(figsize=(5.6 * panels + 1.6, 6.0), dpi=80)
+        FigureCanvasAgg(self.fig)
+        self.axes, self.points, self.centers, self.weights = {}, {}, {}, {}
+        for index, split in enumerate(self.splits):
+            ax = self.fig.add_subplot(1, panels, index + 1, projection="3d")
+            ax.set_box_aspect((1, 1, 1))
+            for name, axis in zip(("feature 1", "feature 2", "feature 3"), (ax.xaxis, ax.yaxis, ax.zaxis)):
+                axis.set_label_text(name if view == "plane" else f"{name} / ‖feature‖")
+            self.axes[split] = ax
+            self.points[split] = [ax.plot([], [], [], linestyle="none", marker=".", markersize=2.2, alpha=0.5,
+                                          color=colour, rasterized=True)[0] for colour in DIGIT_COLOURS]
+            self.centers[split] = [ax.plot([], [], [], linestyle="none", marker="*", markersize=13, color=colour,
+                                           markeredgecolor="black", markeredgewidth=1.4, zorder=5)[0]
+                                   for colour in DIGIT_COLOURS]
+            if view == "angular":
+                u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 25), np.linspace(0, np.pi, 13))
+                ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="black",
+                                  linewidth=0.3, alpha=0.18)
+                self.weights[split] = [ax.plot([], [], [], linestyle="--", linewidth=1.2, color=colour)[0]
+                                       for colour in DIGIT_COLOURS]
+        handles = [Line2D([], [], linestyle="none", marker="o", markersize=8, color=c, label=str(d))
+                   for d, c in enumerate(DIGIT_COLOURS)]
+        handles.append(Line2D([], [], linestyle="none", marker="*", markersize=13, markerfacecolor="white",
+                              markeredgecolor="black", label="center"))
+        self.legend = self.fig.legend(handles=handles, loc="center right", title="class", frameon=False)
+        self.title = self.fig.suptitle("")
+        self.fig.subplots_adjust(left=0.02, right=1.0 - 1.9 / self.fig.get_figwidth(), top=0.86, bottom=0.04, wspace=0.08)
+
+    def draw(self, emb: dict, limits: Optional[np.ndarray], out_path: Path, azimuth: Optional[float] = None) -> None:
+        angular = self.view == "angular"
+        cap = self.options.max_points or POINTS_3D
+        drawn = {}
+        for split in self.splits:
+            features, labels = subset_points(np.asarray(emb[f"{split}_features"], dtype=np.float32),
+                                             emb[f"{split}_labels"], cap)
+            drawn[split] = (unit_rows(features) if angular else features, labels, len(emb[f"{split}_labels"]))
+        centers = np.asarray(emb["centers"], dtype=np.float32)
+        centers = unit_rows(centers) if angular else centers
+        if angular:
+            limits = SPHERE_LIMITS
+        elif limits is None:
+            limits = cube_limits([drawn[split][0] for split in self.splits] + [centers])
+        weight = emb.get("head_weight")
+        for split, (features, labels, total) in drawn.items():
+            ax = self.axes[split]
+            for digit, line in enumerate(self.points[split]):
+                mine = features[labels == digit]
+                line.set_data_3d(mine[:, 0], mine[:, 1], mine[:, 2])
+            for digit, star in enumerate(self.centers[split]):
+                star.set_data_3d(centers[digit:digit + 1, 0], centers[digit:digit + 1, 1], centers[digit:digit + 1, 2])
+            if angular:
+                for digit, line in enumerate(self.weights[split]):
+                    line.set_visible(weight is not None)
+                    if weight is not None:
+                        tip = 1.2 * unit_rows(np.asarray(weight, dtype=np.float32))[digit]
+                        line.set_data_3d([0, tip[0]], [0, tip[1]], [0, tip[2]])
+            ax.set_xlim(limits[0], limits[1])
+            ax.set_ylim(limits[2], limits[3])
+            ax.set_zlim(limits[4], limits[5])
+            ax.view_init(elev=ELEVATION, azim=azimuth_of(int(emb["epoch"])) if azimuth is None else azimuth)
+            shown = f"{len(labels):,} of {total:,} points" if len(labels) < total else f"{total:,} points"
+            ax.set_title(f"{split} ({shown})" + (", on the unit sphere" if angular else ""))
+        names = [str(n) for n in emb.get("class_names", range(10))]
+        for text, name in zip(self.legend.get_texts(), names):
+            text.set_text(name)
+        self.title.set_text(frame_title(emb))
+        self.fig.canvas.draw()
+        with atomic_path(out_path) as tmp:
+            Image.fromarray(np.asarray(self.fig.canvas.buffer_rgba())[..., :3]).save(tmp, format="PNG", compress_level=1)
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
 @functools.lru_cache(maxsize=4)
-def _renderer(options: FrameOptions, view: str) -> FrameRenderer:
-    """One renderer per worker process, options and view."""
-    return FrameRenderer(options, view)
+def _renderer(options: FrameOptions, view: str, dim: int = 2):
+    """One renderer per worker process, options, view and kind (2-D or 3-D)."""
+    return FrameRenderer3D(options, view) if dim == 3 else FrameRenderer(options, view)
 
 
-def render_frame(npz_path, png_path, limits, options: FrameOptions = FrameOptions(), delete_npz: bool = False) -> str:
-    """Draw one saved epoch; `delete_npz` for embeddings kept only long enough to draw them."""
+def render_frame(npz_path, png_path, limits, options: FrameOptions = FrameOptions(), delete_npz: bool = False,
+                 projection: Optional[Projection] = None, azimuth: Optional[float] = None) -> str:
+    """Draw one saved epoch; `delete_npz` for embeddings kept only long enough to draw them.
+    `limits`: a square [x0, x1, y0, y1], or for 3-D a cube [x0, x1, y0, y1, z0, z1] or None
+    (the frame fits its own points). `projection`: the PCA for feat_dim > 3 (default: this
+    epoch's own). `azimuth`: the 3-D camera's (default: turning with the epoch)."""
     emb = runfiles.load_embeddings(Path(npz_path))
-    _renderer(options, options.view_for(str(emb.get("head", "linear")))).draw(emb, np.asarray(limits), Path(png_path))
+    dim = int(emb["centers"].shape[1])
+    view = options.view_for(str(emb.get("head", "linear")))
+    if dim == 3:
+        _renderer(options, view, 3).draw(emb, None if limits is None else np.asarray(limits), Path(png_path), azimuth)
+    else:
+        if dim > 3:
+            emb = projected(emb, projection)
+        _renderer(options, view).draw(emb, np.asarray(limits), Path(png_path))
     if delete_npz:
         os.remove(npz_path)
     return str(png_path)

@@ -3,6 +3,7 @@ own box, or one for the whole run: frame_axes), then written as one looping
 GIF on a shared palette."""
 
 import os
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +19,8 @@ from clviz.config import Config
 from clviz.runfiles import atomic_path
 
 GIF_NAME = "features.gif"
+TURNTABLE_NAME = "features_turntable.gif"  # 3-D runs: the last epoch, turned once around
+TURNTABLE_STEP = 10  # degrees per turntable frame: 36 frames
 
 
 def redraw(run_dir: Path, *, options: frames.FrameOptions = frames.FrameOptions(),
@@ -28,14 +31,16 @@ def redraw(run_dir: Path, *, options: frames.FrameOptions = frames.FrameOptions(
     files = runfiles.embedding_files(run_dir)
     if not files:
         return []
-    limits = frames.frame_limits(files, options.axes)
+    dim = frames.feature_dim(files[-1])
+    projection = frames.run_projection(files)
+    limits = frames.frame_limits(files, options.axes, projection, dim)
     (run_dir / runfiles.FRAMES).mkdir(exist_ok=True)
     pngs = [runfiles.frame_path(run_dir, runfiles.epoch_of(path)) for path in files]
     own = renderer is None
     renderer = renderer or BackgroundRenderer(workers=max(1, min(len(files) // 8, (os.cpu_count() or 1))))
     try:
         for npz, png, box in zip(files, pngs, limits):
-            renderer.submit(frames.render_frame, str(npz), str(png), box, options)
+            renderer.submit(frames.render_frame, str(npz), str(png), box, options, projection=projection)
         renderer.wait()
     finally:
         if own:
@@ -87,4 +92,23 @@ def make_gif(run_dir: Path, cfg: Config, *, options: Optional[frames.FrameOption
     gif = Path(run_dir) / GIF_NAME
     write_gif(pngs, gif, duration_ms=duration_ms or cfg.frame_duration_ms,
               hold_last_ms=hold_last_ms or cfg.gif_hold_last_ms)
+    if frames.feature_dim(runfiles.embedding_files(run_dir)[-1]) == 3:
+        make_turntable(run_dir, options or frames.FrameOptions.from_config(cfg), duration_ms or cfg.frame_duration_ms)
     return gif
+
+
+def make_turntable(run_dir: Path, options: frames.FrameOptions, duration_ms: int) -> Path:
+    """features_turntable.gif: the last saved epoch of a 3-D run, the camera
+    turned once around it (36 frames, 10 degrees apart), axes as in the GIF."""
+    files = runfiles.embedding_files(run_dir)
+    last = files[-1]
+    box = frames.frame_limits(files, options.axes, dim=3)[-1]
+    start = frames.azimuth_of(runfiles.epoch_of(last))
+    with tempfile.TemporaryDirectory(prefix="clviz-turntable-") as folder:
+        pngs = []
+        for step in range(360 // TURNTABLE_STEP):
+            pngs.append(Path(folder) / f"{step:03d}.png")
+            frames.render_frame(str(last), str(pngs[-1]), box, options, azimuth=start + TURNTABLE_STEP * step)
+        out = Path(run_dir) / TURNTABLE_NAME
+        write_gif(pngs, out, duration_ms=duration_ms, hold_last_ms=duration_ms)
+    return out

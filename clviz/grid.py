@@ -99,6 +99,9 @@ def render_grid_frame(sweep_dir: str, meta: dict, epoch: int, last_epoch: int, p
             ax.set_title(f"{_label(member['values'])}\n{note or 'no epoch finished'}", fontsize=9)
             continue
         emb = runfiles.load_embeddings(Path(npz))
+        dim = int(emb["centers"].shape[1])
+        if dim > 3:  # the PCA plane its stored limits were taken in
+            emb = frames.projected(emb)
         head = str(emb.get("head", "linear"))
         angular = frames.FrameOptions().view_for(head) == "angular"
         features, labels = frames.subset_points(emb["test_features"], emb["test_labels"], max_points)
@@ -120,7 +123,8 @@ def render_grid_frame(sweep_dir: str, meta: dict, epoch: int, last_epoch: int, p
         ax.set_xlim(limits[0], limits[1])
         ax.set_ylim(limits[2], limits[3])
         ax.set_aspect("equal", adjustable="box")
-        ax.set_title(f"{_label(member['values'])}\ntest {float(emb['test_acc']):.2f}%" + (f" · {note}" if note else ""),
+        view = " · features 1-2 of 3" if dim == 3 else " · PCA" if dim > 3 else ""
+        ax.set_title(f"{_label(member['values'])}\ntest {float(emb['test_acc']):.2f}%{view}" + (f" · {note}" if note else ""),
                      fontsize=9)
         dataset = dataset or str(emb.get("dataset", ""))
     seed = f"  ·  seed {meta['seed_shown']} of each setting" if "seed_shown" in meta else ""

@@ -248,8 +248,15 @@ def write_run_page(run_dir: Path, running: Optional[tuple] = None) -> Path:
                "intra_inter_ratio", "epoch_seconds"]
     table = _table(columns, [[_fmt(row.get(c), 0 if c == "epoch" else 3) for c in columns] for row in rows])
     sections = ""
+    if (run_dir / "interactive.html").is_file():
+        intro += ('<p><a href="interactive.html">Interactive view</a>: every epoch\'s test features with a slider '
+                  "and play button; zoom, pan, hover a point for its class, index and distance to its center"
+                  " (in 3-D, turn it with the mouse).</p>")
     if (run_dir / "features.gif").is_file():
         sections += '<h2>Animation</h2><img src="features.gif" alt="every epoch, looping">'
+    if (run_dir / "features_turntable.gif").is_file():
+        sections += ('<h2>Turntable</h2><img src="features_turntable.gif" '
+                     'alt="the last epoch\'s 3-D features, turned once around">')
     if (run_dir / "metrics.png").is_file():
         sections += '<h2>Metrics</h2><img src="metrics.png" alt="metrics per epoch">'
     sections += f"<h2>Metrics table</h2>{table}<h2>Config</h2><pre>{html.escape(config_text)}</pre>"

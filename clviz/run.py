@@ -17,20 +17,33 @@ from tqdm import tqdm
 
 from clviz import config as configlib
 from clviz import data as datalib
-from clviz import frames, gif, report, runfiles
+from clviz import frames, gif, interactive, report, runfiles, tensorboard_log
 from clviz.background import BackgroundRenderer
 from clviz.config import Config, ConfigError
 from clviz.metrics import discriminativeness
 from clviz.runfiles import RunError, RunLog
 from clviz.speed import Speed, pick_device, resolve_speed
+from clviz.tensorboard_log import TensorBoardLog
 from clviz.training import Diverged, EpochRunner, Parts, build_parts, evaluate
 from nets import head_settings
 
 # Fields a resumed run may change: they alter neither the maths nor the files already written.
 # data_dir may point a resumed run at a moved copy of its data, which is checked to be the same data.
 RESUMABLE_OVERRIDES = ("epochs", "device", "bf16", "channels_last", "cuda_graphs", "fused_prelu", "folded_eval", "num_threads",
-                       "data_dir")
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 4, 130, 143
+                       "data_dir", "tensorboard")
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_FAULT, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 4, 5, 130, 143
+
+
+def machine_fault(err: BaseException) -> Optional[str]:
+    """What the machine did, in a few words, for errors that are not the program's
+    (out of memory, an I/O error); None for anything else, which is a bug and keeps its traceback."""
+    text = str(err)
+    if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and ("out of memory" in text.lower()
+                                                                          or "can't allocate memory" in text)):
+        return "out of memory"
+    if isinstance(err, OSError):
+        return err.strerror or runfiles.first_line(err)
+    return None
 
 
 class Terminated(KeyboardInterrupt):
@@ -64,6 +77,7 @@ class Session:
     log: RunLog
     data_signature: dict  # name, sizes and label checksum of the data; checkpointed and checked on resume
     lock: int  # descriptor holding the run folder's lock until the run ends (runfiles.lock_run_dir)
+    tensorboard: Optional[TensorBoardLog] = None  # --tensorboard
 
 
 def resume_overrides(args) -> dict:
@@ -108,6 +122,8 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
     `explicit`: the fields the user set; given, a new run that falls back to the
     sample takes the sample's recipe for the others (Config.sample_recipe)."""
     device = pick_device(cfg.device)
+    if cfg.tensorboard:
+        tensorboard_log.check_available()
     if dataset is None:
         dataset = load_dataset(cfg, resuming=checkpoint is not None)
     recipe_note = ""
@@ -170,7 +186,7 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
     log(f"config: {config_changes(cfg)} (all of it in {run_dir / runfiles.CONFIG})")
     runner = EpochRunner(parts, dataset.train, cfg, speed)
     return Session(cfg, run_dir, device, speed, dataset, parts, runner, generator, start_epoch, metrics, log,
-                   data_signature, lock)
+                   data_signature, lock, tensorboard_log.open_log(cfg.tensorboard, run_dir))
 
 
 def check_same_data(run_dir: Path, cfg: Config, saved: Optional[dict], found: dict) -> None:
@@ -216,6 +232,8 @@ def fit(s: Session, renderer: Optional[BackgroundRenderer] = None) -> int:
     try:
         return train_epochs(s, renderer)
     finally:
+        if s.tensorboard:
+            s.tensorboard.close()
         os.close(s.lock)
 
 
@@ -247,6 +265,8 @@ def train_epochs(s: Session, renderer: Optional[BackgroundRenderer] = None) -> i
             s.metrics.append(row)
             runfiles.write_metrics(s.run_dir, s.metrics)
             runfiles.save_checkpoint(s.run_dir, checkpoint_state(s, epoch))
+            if s.tensorboard:
+                s.tensorboard.metrics(row)
             # The live page and metrics.png, drawn by the worker after this epoch's frame.
             renderer.submit(report.write_run_report, str(s.run_dir), (epoch, cfg.epochs))
             epochs.set_postfix(test_acc=f"{test_acc:.2f}%")
@@ -282,6 +302,21 @@ def train_epochs(s: Session, renderer: Optional[BackgroundRenderer] = None) -> i
               f"--lr (now {cfg.lr:g}) or --center-lr (now {cfg.center_lr:g}). Finished epochs are kept in {s.run_dir}")
         finish(s, renderer, own_renderer)
         return EXIT_DIVERGED
+    except (MemoryError, OSError, RuntimeError) as err:
+        fault = machine_fault(err)
+        if fault is None:
+            raise
+        if own_renderer:
+            renderer.pool.shutdown(wait=False, cancel_futures=True)
+        where = f" while writing {err.filename}" if isinstance(err, OSError) and err.filename else ""
+        if not s.metrics:
+            shutil.rmtree(s.run_dir, ignore_errors=True)
+            s.log(f"error: {fault}{where} in the first epoch; nothing finished, removed {s.run_dir}; "
+                  "run the same command again once the machine has recovered")
+        else:
+            s.log(f"error: {fault}{where} after epoch {len(s.metrics)}; every finished epoch is kept in {s.run_dir}; "
+                  f"resume with: python train.py --resume {s.run_dir}")
+        return EXIT_FAULT
     finish(s, renderer, own_renderer)
     return 0
 
@@ -305,7 +340,7 @@ def save_frame(s: Session, renderer, epoch, train_features, test_features, test_
     npz = runfiles.embeddings_path(s.run_dir, epoch, keep)
     head = s.parts.model.classifier
     centers = s.parts.center_loss.centers.detach().float().cpu().numpy()
-    limits = frames.robust_limits(torch.cat([train_features, test_features])[:, :2].numpy(), centers[:, :2])
+    limits = frames.epoch_limits(train_features.numpy(), test_features.numpy(), centers)
     scale, margin = head_settings(cfg.head, cfg.head_scale, cfg.head_margin)
     runfiles.save_embeddings(npz, epoch=epoch, epochs=cfg.epochs, train_features=train_features.numpy(),
                              train_labels=s.dataset.train.labels.cpu().numpy(), test_features=test_features.numpy(),
@@ -315,11 +350,26 @@ def save_frame(s: Session, renderer, epoch, train_features, test_features, test_
                              head_weight=head.weight.detach().float().cpu().numpy(),
                              head_bias=None if head.bias is None else head.bias.detach().float().cpu().numpy(),
                              class_names=s.dataset.class_names)
-    renderer.submit(frames.render_frame, str(npz), str(runfiles.frame_path(s.run_dir, epoch)),
-                    frames.square_limits(limits_so_far + [limits]),
-                    options=frames.FrameOptions.from_config(cfg),
-                    delete_npz=not keep)
+    # A 3-D frame fits its own cube while training; the final GIF's redraw fixes the axes.
+    box = None if cfg.feat_dim == 3 else frames.square_limits(limits_so_far + [limits])
+    renderer.submit(frames.render_frame, str(npz), str(runfiles.frame_path(s.run_dir, epoch)), box,
+                    options=frames.FrameOptions.from_config(cfg), delete_npz=not keep)
     return limits
+
+
+def write_tensorboard_pictures(s: Session) -> None:
+    """The frames, and the last saved epoch's test features for the Embedding Projector."""
+    s.tensorboard.frames(sorted((s.run_dir / runfiles.FRAMES).glob("epoch_*.png")))
+    last = runfiles.embedding_files(s.run_dir)[-1]
+    emb = runfiles.load_embeddings(last)
+    s.tensorboard.embedding(torch.from_numpy(emb["test_features"].astype("float32")), s.dataset.test.labels,
+                            s.dataset.test.images, s.dataset.class_names, runfiles.epoch_of(last))
+
+
+def write_interactive(run_dir: Path, cfg: Config) -> Optional[Path]:
+    """interactive.html; a sweep's members share one copy of Plotly's JavaScript in the sweep folder."""
+    run_dir = Path(run_dir)
+    return interactive.write_interactive(run_dir, cfg, js_dir=run_dir.parent if runfiles.is_sweep(run_dir.parent) else run_dir)
 
 
 def load_limits(run_dir: Path, start_epoch: int) -> list:
@@ -342,6 +392,9 @@ def finish(s: Session, renderer, own_renderer: bool = True) -> None:
             renderer.close()
     written = gif.make_gif(s.run_dir, s.cfg, renderer=None if own_renderer else renderer)
     if written:
+        write_interactive(s.run_dir, s.cfg)
+        if s.tensorboard:
+            write_tensorboard_pictures(s)
         page = report.write_run_report(s.run_dir)
         count = len(runfiles.embedding_files(s.run_dir))
         s.log(f"wrote {written} ({count} frame{'s' if count != 1 else ''}), frames/epoch_*.png, metrics.png "

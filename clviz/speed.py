@@ -6,9 +6,10 @@ them off the step in training.py runs exactly as written."""
 import logging
 import shutil
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn

@@ -14,8 +14,8 @@ is in place in the workers too.
 """
 
 import contextlib
+import importlib
 import os
-import runpy
 import signal
 import sys
 import time
@@ -70,7 +70,8 @@ if TARGET == "step":
     training.forward_backward = forward_backward_with_kill
 
 if __name__ == "__main__":
+    # Called, not run with runpy: a spawned worker imports the file that sys.modules["__main__"]
+    # names, and that must stay this one, with its patch.
     os.environ["KILL_TRAINER"] = str(os.getpid())
-    script = sys.argv[1]
-    sys.argv = [str(REPO / script), *sys.argv[2:]]
-    runpy.run_path(str(REPO / script), run_name="__main__")
+    script = importlib.import_module(Path(sys.argv[1]).stem)
+    sys.exit(script.main(sys.argv[2:]))

@@ -36,7 +36,8 @@ SHIPPED = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def test_configs_folder_is_what_the_tests_know():
-    assert [p.stem for p in SHIPPED] == ["arcface", "best", "cosface", "mnist_sample", "paper", "seed", "softmax_only"]
+    assert [p.stem for p in SHIPPED] == ["arcface", "arcface3d", "best", "cosface", "cosface3d", "mnist_sample", "paper", "seed",
+                                        "softmax_only"]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
@@ -57,6 +58,9 @@ def test_what_the_shipped_configs_are_for():
     assert load("cosface").head == "cosface" and load("arcface").head == "arcface"
     best = load("best")
     assert best.augment_shift > 0 and best.lr_schedule == "cosine" and best.center_loss_weight > 0 and best.feat_dim == 2
+    for name, head, margin in (("arcface3d", "arcface", 0.5), ("cosface3d", "cosface", 0.35)):  # the papers' margins
+        cfg = load(name)
+        assert (cfg.feat_dim, cfg.head, cfg.head_margin) == (3, head, margin)
     sample = load("mnist_sample")
     assert sample.dataset == "mnist-sample" and sample.epochs > Config().epochs
 

@@ -398,7 +398,7 @@ def test_a_full_disk_is_named_and_loses_nothing(tmp_path, monkeypatch, capsys):
 def test_a_disk_full_at_start_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
 
-    def full(run_dir, values):
+    def full(run_dir, values, **kwargs):
         raise runfiles.DiskFull(run_dir / "config.yaml")
 
     monkeypatch.setattr(runfiles, "write_config", full)
@@ -427,3 +427,78 @@ def test_a_second_ctrl_c_while_drawing_is_one_line(tmp_path, monkeypatch, capsys
     assert "interrupted again while drawing" in err and "python visualize.py outputs/twice" in err
     assert "Traceback" not in err
     assert torch.load(tmp_path / "outputs" / "twice" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("error, said", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 9437184000 bytes. Error code 12 (Cannot allocate memory)"), "error: out of memory after epoch 1"),
+    (MemoryError(), "error: out of memory after epoch 1"),
+    (OSError(5, "Input/output error"), "error: Input/output error after epoch 1"),
+], ids=["torch-cpu-oom", "python-oom", "io-error"])
+def test_a_machine_fault_mid_run_is_one_line_and_keeps_the_finished_epochs(tmp_path, monkeypatch, capsys, error, said):
+    monkeypatch.chdir(tmp_path)
+    real = EpochRunner.run
+
+    def fault_in_epoch_2(self, *a, epoch, **kw):
+        if epoch == 2:
+            raise error
+        return real(self, *a, epoch=epoch, **kw)
+
+    monkeypatch.setattr(EpochRunner, "run", fault_in_epoch_2)
+    assert train.main([*QUICK, "--epochs", "3", "--run-name", "m"]) == runlib.EXIT_FAULT
+    out = capsys.readouterr().out
+    message = next(line for line in out.splitlines() if line.startswith("error:"))
+    assert message.startswith(said) and "resume with: python train.py --resume" in message
+    monkeypatch.setattr(EpochRunner, "run", real)  # the machine recovered
+    assert train.main(["--resume", str(tmp_path / "outputs" / "m")]) == 0
+    assert [r["epoch"] for r in read_rows(tmp_path / "outputs" / "m")] == ["1", "2", "3"]
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only the machine's faults become one line; an error in the program itself must stay visible."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(EpochRunner, "run", lambda self, *a, **kw: {}["missing"])
+    with pytest.raises(KeyError):
+        train.main([*QUICK, "--epochs", "1", "--run-name", "bug"])
+
+
+def test_a_killed_drawing_worker_is_replaced_and_no_frame_is_lost(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *LONGER, "--run-name", "w"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if line.startswith("epoch 1/3 |"):
+            break
+    workers = [pid for pid in descendants(proc.pid) if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()]
+    assert workers, "no drawing worker found"
+    for pid in workers:  # as the OOM killer would
+        os.kill(pid, signal.SIGKILL)
+    output.append(proc.stdout.read())
+    assert proc.wait(timeout=300) == 0, "".join(output)
+    run_dir = tmp_path / "outputs" / "w"
+    assert sorted(p.name for p in (run_dir / "frames").glob("*.png")) == ["epoch_001.png", "epoch_002.png", "epoch_003.png"]
+    assert "Traceback" not in "".join(output) and (run_dir / "features.gif").is_file()
+
+
+def test_visualize_interrupted_or_out_of_space_says_so_in_one_line(one_epoch, monkeypatch, capsys):
+    import visualize
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    run_dir = one_epoch / "outputs" / "r"
+    monkeypatch.setattr(visualize.gif, "make_gif", ctrl_c)
+    assert visualize.main([str(run_dir)]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err and f"python visualize.py {run_dir}" in err
+
+    def full(*args, **kwargs):
+        raise runfiles.DiskFull(run_dir / "features.gif")
+
+    monkeypatch.setattr(visualize.gif, "make_gif", full)
+    assert visualize.main([str(run_dir)]) == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no space left on the device holding" in err and "features.gif" in err
+    assert "None" not in err
