@@ -1,10 +1,12 @@
 """Runs one of the project's scripts with a kill point armed, for tests/test_kill_points.py:
 
-    KILL_AT=<what>:<n> python tests/killpoint.py train.py <args...>
+    KILL_AT=<what>:<n>[:<where>] python tests/killpoint.py train.py <args...>
 
 <what> is `step` (the n-th training step of this process) or a file name (the
 n-th time a file of that name has been fully written to its temporary path by
-runfiles.atomic_path, before the rename that would make it visible). There the
+runfiles.atomic_path, before the rename that would make it visible), counted
+in each process on its own; <where> (`trainer`, `worker` or `any`, the
+default) says which process's writes count. There the
 trainer gets SIGKILL, as from the OOM killer or `kill -9`, whichever process
 does the writing: a frame or a page is written by the drawing worker, which
 then kills its parent, the trainer, and waits to be ended with it.
@@ -26,9 +28,17 @@ sys.path.insert(0, str(REPO))
 
 from clviz import frames, gif, grid, report, runfiles, training  # noqa: E402
 
-TARGET, NTH = os.environ["KILL_AT"].rsplit(":", 1)
+TARGET, NTH, WHERE = (os.environ["KILL_AT"].split(":") + ["any"])[:3]
 NTH = int(NTH)
 seen = 0
+
+
+def counts_here() -> bool:
+    """Whether writes in this process count: `trainer`, `worker` (the drawing worker) or `any`."""
+    if WHERE == "any":
+        return True
+    in_trainer = os.environ.get("KILL_TRAINER") == str(os.getpid())
+    return in_trainer == (WHERE == "trainer")
 
 
 def kill_trainer() -> None:
@@ -39,6 +49,8 @@ def kill_trainer() -> None:
 
 def count_and_maybe_kill() -> None:
     global seen
+    if not counts_here():
+        return
     seen += 1
     if seen == NTH:
         kill_trainer()

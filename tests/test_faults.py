@@ -502,3 +502,32 @@ def test_visualize_interrupted_or_out_of_space_says_so_in_one_line(one_epoch, mo
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no space left on the device holding" in err and "features.gif" in err
     assert "None" not in err
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 11 MB file system (tmpfs), so the disk really fills: room for epoch 1's
+    files and its 6.4 MB checkpoint, not for epoch 2's checkpoint beside it."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=11M", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip() or 'not root'}); the simulated disk-full tests still run")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_really_full_disk_is_named_and_loses_nothing(small_disk, tmp_path, reference):
+    args = ["--output-dir", small_disk, "--run-name", "r", *LONGER]
+    full = run_cli("train.py", *args, cwd=tmp_path)
+    assert full.returncode == runlib.EXIT_NO_SPACE, full.stdout + full.stderr
+    out = full.stdout + full.stderr
+    message = next(line for line in out.splitlines() if line.startswith("error:"))
+    assert "no space left on the device holding" in message and "resume with: python train.py --resume" in message
+    assert "Traceback" not in out and "unexpected pos" not in out
+    run_dir = small_disk / "r"
+    assert runfiles.load_checkpoint(run_dir)["epoch"] >= 1 and read_rows(run_dir)
+    # Free space (a bigger disk), then the command the message gave.
+    subprocess.run(["mount", "-o", "remount,size=64M", str(small_disk)], check=True)
+    run_cli("train.py", "--resume", run_dir, cwd=tmp_path, check=0)
+    assert_same_result(run_dir, reference)

@@ -56,23 +56,23 @@ def check_readable(run_dir: Path) -> int:
     return checkpointed
 
 
-# (what, n): the n-th training step, or the n-th write of a file, counted in the process that writes it.
+# (what, n, where): the n-th training step, or the n-th write of a file in the trainer or the drawing worker.
 KILL_POINTS = [
-    ("step", 12),                 # mid-step, in the middle of epoch 2
-    ("epoch_002.npz", 1),         # epoch 2's features
-    ("epoch_002.png", 1),         # epoch 2's frame (drawing worker)
-    ("metrics.csv", 2),           # epoch 2's metrics row
-    ("checkpoint.pt", 2),         # epoch 2's checkpoint
-    ("index.html", 2),            # the live page after epoch 2 (drawing worker)
-    ("features.gif", 1),          # the GIF, after the last checkpoint
-    ("metrics.png", EPOCHS + 1),  # the final page's plot, after the GIF
+    ("step", 12, "trainer"),             # mid-step, in the middle of epoch 2
+    ("epoch_002.npz", 1, "trainer"),     # epoch 2's features
+    ("epoch_002.png", 1, "worker"),      # epoch 2's frame
+    ("metrics.csv", 2, "trainer"),       # epoch 2's metrics row
+    ("checkpoint.pt", 2, "trainer"),     # epoch 2's checkpoint
+    ("index.html", 2, "worker"),         # the live page after epoch 2
+    ("features.gif", 1, "trainer"),      # the GIF, after the last checkpoint
+    ("metrics.png", 1, "trainer"),       # the final page's plot, after the GIF
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("what, nth", KILL_POINTS, ids=[f"{w}-{n}" for w, n in KILL_POINTS])
-def test_a_kill_anywhere_loses_nothing_and_leaves_nothing(uninterrupted, tmp_path, what, nth):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", KILL_AT=f"{what}:{nth}")
+@pytest.mark.parametrize("what, nth, where", KILL_POINTS, ids=[f"{w}-{n}-{p}" for w, n, p in KILL_POINTS])
+def test_a_kill_anywhere_loses_nothing_and_leaves_nothing(uninterrupted, tmp_path, what, nth, where):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", KILL_AT=f"{what}:{nth}:{where}")
     proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "killpoint.py"), "train.py", *ARGS], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = proc.communicate(timeout=300)[0]
