@@ -124,7 +124,7 @@ class Config:
                           "ticks give the scale); run: one box for the whole run, so sizes compare across frames",
                           choices=("epoch", "run"))
     frame_max_points: Optional[int] = opt(None, "draw at most this many points per panel (random subset); null = all "
-                                          "(3-D views: 4,000, which keeps a frame under 0.3 s)", low=1)
+                                          "(3-D views: 4,000, to keep a frame quick)", low=1)
     frame_duration_ms: int = opt(200, "GIF: milliseconds per frame", low=1)
     gif_hold_last_ms: int = opt(1500, "GIF: milliseconds the last frame stays", low=1)
     embeddings_every: int = opt(1, "keep embeddings of every k-th epoch (and the last); frames are drawn every epoch", low=1)
