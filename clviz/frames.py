@@ -238,6 +238,15 @@ def unit_vectors(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
+def class_legend(fig: Figure):
+    """The legend every frame shares: one coloured dot per class and the center star, at the right."""
+    handles = [Line2D([], [], linestyle="none", marker="o", markersize=8, color=c, label=str(d))
+               for d, c in enumerate(DIGIT_COLOURS)]
+    handles.append(Line2D([], [], linestyle="none", marker="*", markersize=13, markerfacecolor="white",
+                          markeredgecolor="black", label="center"))
+    return fig.legend(handles=handles, loc="center right", title="class", frameon=False)
+
+
 class FrameRenderer:
     """One figure reused for every frame: per-class artists get new data, the
     figure is never rebuilt (that is most of matplotlib's cost per frame).
@@ -287,11 +296,7 @@ class FrameRenderer:
             self.hists = [self.hist_ax.stairs(np.zeros(len(self.bins) - 1), self.bins, color=c, linewidth=1.2)
                           for c in DIGIT_COLOURS]
             self.weight_lines = [self.hist_ax.axvline(0, color=c, linestyle="--", linewidth=1.0) for c in DIGIT_COLOURS]
-        handles = [Line2D([], [], linestyle="none", marker="o", markersize=8, color=c, label=str(d))
-                   for d, c in enumerate(DIGIT_COLOURS)]
-        handles.append(Line2D([], [], linestyle="none", marker="*", markersize=13, markerfacecolor="white",
-                              markeredgecolor="black", label="center"))
-        self.legend = self.fig.legend(handles=handles, loc="center right", title="class", frameon=False)
+        self.legend = class_legend(self.fig)
         self.title = self.fig.suptitle("")
         self.fig.subplots_adjust(left=0.06 * 2 / panels, right=1.0 - 1.9 / self.fig.get_figwidth(), top=0.86,
                                  bottom=0.1, wspace=0.25)
@@ -428,11 +433,7 @@ class FrameRenderer3D:
                                   linewidth=0.3, alpha=0.18)
                 self.weights[split] = [ax.plot([], [], [], linestyle="--", linewidth=1.2, color=colour)[0]
                                        for colour in DIGIT_COLOURS]
-        handles = [Line2D([], [], linestyle="none", marker="o", markersize=8, color=c, label=str(d))
-                   for d, c in enumerate(DIGIT_COLOURS)]
-        handles.append(Line2D([], [], linestyle="none", marker="*", markersize=13, markerfacecolor="white",
-                              markeredgecolor="black", label="center"))
-        self.legend = self.fig.legend(handles=handles, loc="center right", title="class", frameon=False)
+        self.legend = class_legend(self.fig)
         self.title = self.fig.suptitle("")
         self.fig.subplots_adjust(left=0.02, right=1.0 - 1.9 / self.fig.get_figwidth(), top=0.86, bottom=0.04, wspace=0.08)
 
