@@ -5,6 +5,8 @@ the 2-D features every epoch.
     python train.py --config configs/seed.yaml --epochs 20 --center-loss-weight 0.1
     python train.py --resume outputs/<run>             # continue after the last finished epoch
     python train.py --sweep center_loss_weight=0,0.01,0.1
+    python train.py --sweep center_loss_weight=0,0.01,0.1 --workers 2     # members in parallel
+    python train.py --sweep seed=0,1,2,3 --ray-address auto                # members on a Ray cluster
     python train.py --help                             # every config field as a flag
 """
 
@@ -23,6 +25,7 @@ def make_parser():
     parser.add_argument("--sweep", metavar="KEY=V1,V2,...", action="append",
                         help="train one run per value into outputs/<sweep>/<KEY=V>/ and draw them side by side; "
                              "repeat for a grid of every combination")
+    configlib.add_spread_flags(parser)
     return parser
 
 
@@ -33,6 +36,7 @@ def main(argv=None) -> int:
         args = configlib.parse_unknown(make_parser(), argv)
         if getattr(args, "sweep", None) or runfiles.is_sweep(getattr(args, "resume", None)):
             return sweep.main(args)
+        configlib.sweep_spread(args, sweeping=False)  # refuses --workers and the Ray flags outside a sweep
         session = run.prepare(args)
         return run.fit(session)
     except (ConfigError, DataError, RunError, ValueError) as err:

@@ -76,10 +76,16 @@ def _quiet_worker(parent: int) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):  # the kernel ends us with the trainer, whatever kills it
+    end_with_parent(parent)
+
+
+def end_with_parent(parent: int) -> None:
+    """Make this process (a child of `parent`) end when its parent ends, however that
+    ends: the kernel's parent-death signal where there is one, and a watcher thread."""
+    if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the trainer died before we got here
+    if os.getppid() != parent:  # the parent died before we got here
         os._exit(0)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 

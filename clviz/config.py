@@ -138,6 +138,20 @@ class Config:
 FIELD_TYPES = get_type_hints(Config)
 
 
+@dataclass
+class SweepSpread:
+    """How a sweep's members are spread over processes and machines. It changes
+    where a member trains, never its results, so it is not part of a run's config."""
+    workers: int = opt(1, "sweeps: train up to this many members at once, each in its own process, the CPU "
+                       "threads split between them (1 = one after another)", low=1, high=1024)
+    ray_address: Optional[str] = opt(None, "sweeps: send each member to this Ray cluster as a task (e.g. auto or "
+                                     "127.0.0.1:6379); needs pip install -r requirements-ray.txt")
+    member_cpus: float = opt(1.0, "with --ray-address: CPUs each member asks Ray for (also its torch threads)",
+                             low=0.0, low_open=True)
+    member_gpus: float = opt(0.0, "with --ray-address: GPUs each member asks Ray for; fractions let members share one",
+                             low=0.0)
+
+
 def augments(cfg: Config) -> bool:
     """Whether any random augmentation of the training images is on."""
     return cfg.augment_shift > 0 or cfg.augment_rotate > 0 or cfg.augment_scale > 0
@@ -307,6 +321,46 @@ def make_parser(description: str) -> argparse.ArgumentParser:
         group.add_argument(flag(spec.name), dest=spec.name, metavar=metavar, **extra,
                            help=f"{spec.metadata['doc']} (default: {spec.default})")
     return parser
+
+
+def add_spread_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per SweepSpread field (absent unless typed, like the config flags)."""
+    group = parser.add_argument_group("sweeps: where members train (never changes their results)")
+    for spec in fields(SweepSpread):
+        tp, _ = _base_type(get_type_hints(SweepSpread)[spec.name])
+        group.add_argument(flag(spec.name), dest=spec.name, metavar=tp.__name__.upper(),
+                           help=f"{spec.metadata['doc']} (default: {spec.default})")
+
+
+def sweep_spread(args: argparse.Namespace, sweeping: bool) -> SweepSpread:
+    """The SweepSpread flags, checked; they are refused outside a sweep."""
+    given = {spec.name: getattr(args, spec.name) for spec in fields(SweepSpread) if hasattr(args, spec.name)}
+    if given and not sweeping:
+        raise ConfigError(f"{flag(next(iter(given)))} spreads the members of a sweep; add --sweep KEY=V1,V2,... "
+                          "or --resume a sweep folder")
+    values = {}
+    for spec in fields(SweepSpread):
+        if spec.name not in given:
+            continue
+        tp, _ = _base_type(get_type_hints(SweepSpread)[spec.name])
+        try:
+            value = tp(given[spec.name])
+        except ValueError:
+            raise ConfigError(f"{flag(spec.name)} {given[spec.name]!r} is not a{'n' if tp is int else ''} "
+                              f"{tp.__name__}") from None
+        meta = spec.metadata
+        if isinstance(value, (int, float)) and ((meta["low"] is not None and (value < meta["low"] or (
+                meta["low_open"] and value == meta["low"]))) or (meta["high"] is not None and value > meta["high"])):
+            raise ConfigError(f"{flag(spec.name)} {value} is out of range; it must be {_range_text(meta)}")
+        values[spec.name] = value
+    spread = SweepSpread(**values)
+    if spread.ray_address is not None and "workers" in values:
+        raise ConfigError("--workers and --ray-address both say where members train; with Ray, size members with "
+                          "--member-cpus/--member-gpus and Ray runs as many at once as the cluster holds")
+    if spread.ray_address is None and ({"member_cpus", "member_gpus"} & set(values)):
+        raise ConfigError(f"{flag(next(k for k in ('member_cpus', 'member_gpus') if k in values))} sizes Ray tasks; "
+                          "give it with --ray-address ADDRESS (or use --workers N on this machine)")
+    return spread
 
 
 def parse_unknown(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:

@@ -1,7 +1,7 @@
 """The sweep's grid: one panel per member (its test features), one picture per
 epoch with a shared epoch counter, stitched into grid.gif; grid.png is the
 final epoch. Drawn from the members' saved embeddings, so
-`python frames.py outputs/<sweep>` can redo it without retraining.
+`python visualize.py outputs/<sweep>` can redo it without retraining.
 
 Layout: the first sweep axis runs across the columns, every combination of
 the other axes gets a row; a single long axis wraps after five panels. A
@@ -135,10 +135,12 @@ def render_grid_frame(sweep_dir: str, meta: dict, epoch: int, last_epoch: int, p
     return out_path
 
 
-def make_grid(sweep_dir: Path, cfg: Config) -> Optional[Path]:
+def make_grid(sweep_dir: Path, cfg: Config, newest_only: bool = False) -> Optional[Path]:
     """grid_frames/epoch_NNN.png for every epoch any member reached, grid.gif and grid.png,
     with the sweep's shared config `cfg` (grid_* and frame_regions).
-    A member that stopped early (diverged, interrupted) keeps its last picture, marked so."""
+    A member that stopped early (diverged, interrupted) keeps its last picture, marked so.
+    `newest_only`: while members still train, only the newest epoch's picture and grid.png,
+    drawn here (no GIF, no worker process)."""
     sweep_dir = Path(sweep_dir)
     meta = grid_members(runfiles.read_sweep_meta(sweep_dir))
     statuses = {row["member"]: row["status"] for row in runfiles.read_summary(sweep_dir)}
@@ -152,10 +154,10 @@ def make_grid(sweep_dir: Path, cfg: Config) -> Optional[Path]:
         return None
     out_dir = sweep_dir / "grid_frames"
     out_dir.mkdir(exist_ok=True)
-    renderer = BackgroundRenderer(workers=max(1, min(2, os.cpu_count() or 1)))
+    renderer = None if newest_only else BackgroundRenderer(workers=max(1, min(2, os.cpu_count() or 1)))
     pngs = []
     try:
-        for epoch in range(1, last_epoch + 1):
+        for epoch in range(last_epoch if newest_only else 1, last_epoch + 1):
             plan = []
             for member, available, member_limits, ratio in zip(meta["members"], member_files, limits, ratios):
                 earlier = [e for e in available if e <= epoch]
@@ -167,15 +169,25 @@ def make_grid(sweep_dir: Path, cfg: Config) -> Optional[Path]:
                 stopped = shown == max(available) and shown < epoch
                 note = f"intra/inter {ratio[shown]}" if shown in ratio else ""
                 if stopped:
-                    note = f"{status or 'stopped'} after epoch {shown}"
+                    note = f"epoch {shown}, training on" if status == "training" else f"{status or 'stopped'} after epoch {shown}"
                 plan.append((str(available[shown]), member_limits[shown], note))
             png = out_dir / f"epoch_{epoch:03d}.png"
-            renderer.submit(render_grid_frame, str(sweep_dir), meta, epoch, last_epoch, plan, str(png),
-                            cfg.grid_max_points, cfg.frame_regions)
+            job = (render_grid_frame, str(sweep_dir), meta, epoch, last_epoch, plan, str(png), cfg.grid_max_points,
+                   cfg.frame_regions)
+            if renderer is None:
+                job[0](*job[1:])
+            else:
+                renderer.submit(*job)
             pngs.append(png)
-        renderer.wait()
+        if renderer is not None:
+            renderer.wait()
     finally:
-        renderer.close()
+        if renderer is not None:
+            renderer.close()
+    if newest_only:
+        with atomic_path(sweep_dir / "grid.png") as tmp:
+            tmp.write_bytes(pngs[-1].read_bytes())
+        return sweep_dir / "grid.png"
     write_gif(pngs, sweep_dir / "grid.gif", duration_ms=cfg.grid_duration_ms, hold_last_ms=cfg.grid_hold_last_ms)
     with atomic_path(sweep_dir / "grid.png") as tmp:
         tmp.write_bytes(pngs[-1].read_bytes())

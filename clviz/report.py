@@ -275,7 +275,9 @@ def write_run_report(run_dir: Path, running: Optional[tuple] = None) -> Path:
     return write_run_page(run_dir, running)
 
 
-def write_sweep_report(sweep_dir: Path) -> Path:
+def write_sweep_report(sweep_dir: Path, running: Optional[tuple] = None) -> Path:
+    """The sweep's index.html; `running` = (members ended, members in all) while members
+    still train elsewhere: the page says so and reloads itself, as a live run's page does."""
     sweep_dir = Path(sweep_dir)
     meta = runfiles.read_sweep_meta(sweep_dir)
     rows = runfiles.read_summary(sweep_dir)
@@ -293,6 +295,9 @@ def write_sweep_report(sweep_dir: Path) -> Path:
     results = (sweep_dir / "results.md").read_text() if (sweep_dir / "results.md").is_file() else ""
     intro = (f"<p>Sweep over {html.escape(', '.join(keys))}: {len(meta['members'])} runs, "
              f"{meta['config']['epochs']} epochs each. Each panel shows one run's test features.</p>")
+    if running:
+        intro += (f'<p id="status" class="running">running: {running[0]} of {running[1]} runs ended; the picture '
+                  f"shows each run's newest epoch; this page reloads every {LIVE_REFRESH_S} s</p>")
     sections = ""
     if (sweep_dir / "grid.gif").is_file():
         sections += '<h2>Animation</h2><img src="grid.gif" alt="every epoch of every run, looping">'
@@ -303,5 +308,5 @@ def write_sweep_report(sweep_dir: Path) -> Path:
         sections += '<h2>Metrics</h2><img src="metrics.png" alt="test accuracy and ratio per epoch, every run">'
     sections += f"<h2>Sweep</h2><pre>{html.escape((sweep_dir / runfiles.SWEEP_FILE).read_text())}</pre>"
     out = sweep_dir / "index.html"
-    runfiles.write_text(out, _page(sweep_dir.name, intro, frames, sections))
+    runfiles.write_text(out, _page(sweep_dir.name, intro, frames, sections, LIVE_REFRESH_S if running else None))
     return out

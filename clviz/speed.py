@@ -64,7 +64,7 @@ class Speed:
         fused = "on" if self.fused_prelu else "off" + (f" ({self.fused_prelu_note})" if self.fused_prelu_note else "")
         return (f"bf16 autocast {'on' if self.bf16 else 'off'}, channels_last {'on' if self.channels_last else 'off'}, "
                 f"fused PReLU {fused}, cuda graphs {'on' if self.cuda_graphs else 'off'}, "
-                f"folded evaluation {'on' if self.folded_eval else 'off'}, {self.threads} CPU threads")
+                f"folded evaluation {'on' if self.folded_eval else 'off'}, {self.threads} CPU thread{'s' if self.threads != 1 else ''}")
 
 
 # Compiling the fused PReLU costs ~20 s on a 2-core CPU the first time (~2 s

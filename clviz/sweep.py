@@ -15,21 +15,24 @@ outputs/<sweep>/
     metrics.png         test accuracy and intra/inter ratio per epoch, a line per member
     index.html          the sweep's page (open it in a browser)
 
-Members train one after another on the same device. A member that diverges is
-recorded as such and the sweep goes on; Ctrl-C stops the sweep after saving
-the current member's finished epochs, and --resume picks up where it stopped.
+Members train one after another in this process, or several at once:
+`--workers N` on this machine (workers.py), `--ray-address` on a Ray cluster
+(cluster.py); member.py trains one member in whichever process runs it. A
+member that diverges is recorded as such and the sweep goes on; Ctrl-C stops
+the sweep after saving the members' finished epochs, and --resume picks up
+where it stopped.
 """
 
 import dataclasses
 import itertools
-import shutil
 import statistics
 import time
 from pathlib import Path
 from typing import Optional
 
+from clviz import cluster, grid, report, run, runfiles, workers
 from clviz import config as configlib
-from clviz import grid, report, run, runfiles
+from clviz import member as memberlib
 from clviz.background import BackgroundRenderer
 from clviz.config import ConfigError
 from clviz.grid import value_text
@@ -97,6 +100,16 @@ def start(args) -> tuple:
 def main(args) -> int:
     """Train every member that has not finished; then summary, grid and page."""
     resume_dir = getattr(args, "resume", None)
+    spread = configlib.sweep_spread(args, sweeping=True)
+    ray = cluster.connect(spread.ray_address) if spread.ray_address else None
+    try:
+        return train_sweep(args, resume_dir, spread, ray)
+    finally:
+        if ray is not None:
+            ray.shutdown()
+
+
+def train_sweep(args, resume_dir, spread, ray) -> int:
     if resume_dir:
         sweep_dir = Path(resume_dir)
         overrides = run.resume_overrides(args)
@@ -110,14 +123,16 @@ def main(args) -> int:
         sweep_dir, base, members = start(args)
         overrides = {}
     previous = {row["member"]: row["status"] for row in runfiles.read_summary(sweep_dir)}
-    print(f"sweep {sweep_dir}: {len(members)} members, {base.epochs} epochs each")
-    renderer = BackgroundRenderer()  # one drawing process for every member
+    where = (f", on the Ray cluster at {spread.ray_address}" if spread.ray_address else
+             f", {spread.workers} at a time" if spread.workers > 1 else "")
+    print(f"sweep {sweep_dir}: {len(members)} members, {base.epochs} epochs each{where}")
     try:
-        code = train_members(sweep_dir, base, members, overrides, previous, renderer)
+        if spread.ray_address or spread.workers > 1:
+            code = train_spread(sweep_dir, base, members, overrides, previous, spread, ray)
+        else:
+            code = train_members(sweep_dir, base, members, overrides, previous)
     except KeyboardInterrupt as stop:  # between members (a member's own epochs handle Ctrl-C themselves)
         code = run.stop_code(stop)
-    finally:
-        renderer.close()
     finish(sweep_dir)
     if code in (run.EXIT_INTERRUPTED, run.EXIT_TERMINATED):
         print(f"sweep interrupted; resume with: python train.py --resume {sweep_dir}")
@@ -137,33 +152,67 @@ def check_work_left(sweep_dir: Path, members: list, epochs: int) -> None:
                    f"(N > {epochs}) to train further, or redraw it with python visualize.py {sweep_dir}")
 
 
-def train_members(sweep_dir: Path, base, members: list, overrides: dict, previous: dict, renderer) -> int:
+def train_members(sweep_dir: Path, base, members: list, overrides: dict, previous: dict) -> int:
+    """One member after another in this process, with one drawing process and one copy of the data for all."""
     datasets, code = {}, 0
-    for number, member in enumerate(members, start=1):
-        member_dir = sweep_dir / member["name"]
-        if previous.get(member["name"]) == "diverged":
-            print(f"[{number}/{len(members)}] {member['name']}: diverged before, skipped")
-            continue
-        cfg = dataclasses.replace(base, **member["values"], output_dir=str(sweep_dir), run_name=member["name"])
-        checkpoint = None
-        if (member_dir / runfiles.CHECKPOINT).is_file():
-            cfg, checkpoint = run.resumed_config(runfiles.existing_run_dir(member_dir), overrides)
-            if checkpoint["epoch"] >= cfg.epochs:
+    renderer = BackgroundRenderer()
+    try:
+        for number, member in enumerate(members, start=1):
+            if previous.get(member["name"]) == "diverged":
+                print(f"[{number}/{len(members)}] {member['name']}: diverged before, skipped")
                 continue
-        elif member_dir.exists():
-            shutil.rmtree(member_dir)  # started but no epoch finished: nothing in it to keep
-        print(f"[{number}/{len(members)}] {member['name']}")
-        data_key = (cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.allow_sample_fallback, cfg.input_mean, cfg.input_std)
-        if data_key not in datasets:
-            datasets[data_key] = run.load_dataset(cfg, resuming=checkpoint is not None)
-        session = run.open_session(cfg, checkpoint=checkpoint, run_dir=member_dir if checkpoint else None,
-                                     dataset=datasets[data_key])
-        code = run.fit(session, renderer)
-        previous[member["name"]] = {0: "finished", run.EXIT_DIVERGED: "diverged"}.get(code, "interrupted")
-        write_summary(sweep_dir, members, previous)
-        if code in (run.EXIT_INTERRUPTED, run.EXIT_TERMINATED):
-            break
+            if left_to_train(sweep_dir, base, member, overrides) == 0:
+                continue
+            print(f"[{number}/{len(members)}] {member['name']}")
+            code = memberlib.train_member(sweep_dir, base, member, overrides, renderer=renderer, datasets=datasets)
+            code = 0 if code is None else code
+            previous[member["name"]] = memberlib.status_of(code)
+            write_summary(sweep_dir, members, previous)
+            if code in (run.EXIT_INTERRUPTED, run.EXIT_TERMINATED):
+                break
+    finally:
+        renderer.close()
     return code
+
+
+def left_to_train(sweep_dir: Path, base, member: dict, overrides: dict) -> int:
+    """Epochs the member still has to train (its own config.yaml's count once it has started)."""
+    member_dir = Path(sweep_dir) / member["name"]
+    if (member_dir / runfiles.CHECKPOINT).is_file():
+        cfg, checkpoint = run.resumed_config(runfiles.existing_run_dir(member_dir), overrides)
+        return max(0, cfg.epochs - checkpoint["epoch"])
+    return base.epochs
+
+
+def train_spread(sweep_dir: Path, base, members: list, overrides: dict, previous: dict, spread, ray=None) -> int:
+    """Members in worker processes (--workers) or as Ray tasks (--ray-address); the summary,
+    results table, grid picture and page are redrawn as each member ends."""
+    todo = [m for m in members if previous.get(m["name"]) != "diverged"
+            and left_to_train(sweep_dir, base, m, overrides) > 0]
+    expect_dataset = run.load_dataset(base).name  # every worker must find the same data
+    progress = memberlib.Progress(sweep_dir, members)
+    previous.update({member["name"]: "training" for member in todo})
+
+    def on_done(member, code):
+        status = "finished" if code is None else memberlib.status_of(code)
+        previous[member["name"]] = status
+        progress.ended(member, status)
+        draw_progress(sweep_dir, members, previous)
+
+    draw_progress(sweep_dir, members, previous)
+    if spread.ray_address:
+        return cluster.train_on_ray(ray, sweep_dir, base, todo, overrides, spread, progress, on_done, expect_dataset)
+    return workers.train_in_workers(sweep_dir, base, todo, overrides, spread.workers, progress, on_done,
+                                    expect_dataset)
+
+
+def draw_progress(sweep_dir: Path, members: list, statuses: dict) -> None:
+    """summary.csv, results.md, the newest grid picture and the live page, while members still train."""
+    rows = write_summary(sweep_dir, members, statuses)
+    runfiles.write_text(sweep_dir / "results.md", results_table(runfiles.read_sweep_meta(sweep_dir), rows))
+    done = sum(row["status"] not in ("not started", "training") for row in rows)
+    grid.make_grid(sweep_dir, configlib.build(runfiles.read_sweep_meta(sweep_dir)["config"]), newest_only=True)
+    report.write_sweep_report(sweep_dir, running=(done, len(members)))
 
 
 def finish(sweep_dir: Path) -> None:

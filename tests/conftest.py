@@ -46,6 +46,31 @@ def run(tmp_path):
     return lambda script, *args, **kw: run_cli(script, *args, cwd=tmp_path, **kw)
 
 
+def descendants(pid: int) -> set:
+    """Every process below `pid`, from /proc (children first found by their parent's pid)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def read_rows(run_dir):
     """metrics.csv as a list of dicts of strings."""
     with open(run_dir / "metrics.csv", newline="") as handle:

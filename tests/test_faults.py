@@ -19,7 +19,7 @@ import train
 from clviz import run as runlib
 from clviz import runfiles
 from clviz.training import Diverged, EpochRunner
-from tests.conftest import QUICK, REPO, read_rows, run_cli, without_time, write_small_set
+from tests.conftest import QUICK, REPO, alive, descendants, read_rows, run_cli, without_time, write_small_set
 
 pytestmark = pytest.mark.slow
 
@@ -217,31 +217,6 @@ def test_resume_clears_half_written_leftovers(one_epoch, tmp_path):
     run_cli("train.py", "--resume", run_dir, "--epochs", "2", cwd=tmp_path, check=0)
     assert not list(run_dir.rglob(".*"))
     assert [r["epoch"] for r in read_rows(run_dir)] == ["1", "2"]
-
-
-def descendants(pid: int) -> set:
-    """Every process below `pid`, from /proc (children first found by their parent's pid)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read()
-            except OSError:
-                continue
-            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.mark.parametrize("sig, delay", [(signal.SIGKILL, 0.0), (signal.SIGKILL, 0.5), (signal.SIGTERM, 0.5),

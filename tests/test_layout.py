@@ -14,6 +14,8 @@ LAYERS = [
     {"clviz.speed", "clviz.frames", "clviz.report"},
     {"clviz.training", "clviz.gif", "clviz.interactive"},
     {"clviz.grid", "clviz.run"},
+    {"clviz.member"},
+    {"clviz.workers", "clviz.cluster"},
     {"clviz.sweep"},
     {"train", "visualize"},
 ]

@@ -1,0 +1,82 @@
+"""A sweep's members in parallel on this machine (`--workers N`).
+
+Each member trains in a process of its own (started with `spawn`, as the
+drawing worker is), up to N at once. torch's CPU threads are split evenly:
+each worker gets max(1, T // N) of the T threads torch would use alone (one per
+physical core), unless the config fixes --num-threads. On a GPU the workers
+share the card. Each worker draws its own frames in its own drawing process.
+
+A worker that dies (killed, out of memory) takes only its member's current
+epoch with it: the member is started again once from its last checkpoint
+(RETRIES), and the other workers never notice. Ctrl-C or SIGTERM on the sweep
+is passed on to every worker once; each keeps its finished epochs and writes
+its GIF, as a single run does, and `--resume` finishes the sweep.
+"""
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+from collections.abc import Callable
+
+import torch
+
+from clviz import config as configlib
+from clviz import member as memberlib
+from clviz import run
+
+RETRIES = 1  # a member whose worker dies is restarted from its checkpoint this many times
+POLL_S = 2.0  # how often the console checks the members' metrics.csv for new epochs
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, torch.get_num_threads() // workers)
+
+
+def train_in_workers(sweep_dir, base, todo: list, overrides: dict, workers: int, progress: memberlib.Progress,
+                     on_done: Callable, expect_dataset: str) -> int:
+    """Train the members `todo` in up to `workers` processes; `on_done(member, code)` as each ends.
+    Returns 0, or the stop code after Ctrl-C / SIGTERM."""
+    context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+    threads = threads_per_worker(workers)
+    queue = [(member, 0) for member in todo]
+    running = {}  # sentinel -> (process, member, tries)
+    base_dict = configlib.to_dict(base)
+    stopped = None
+
+    def start(member, tries):
+        process = context.Process(target=memberlib.worker_main, name=f"member {member['name']}",
+                                  args=(str(sweep_dir), base_dict, member, overrides, threads, os.getpid(),
+                                        expect_dataset))
+        process.start()
+        running[process.sentinel] = (process, member, tries)
+        progress.started(member, f" (worker pid {process.pid}, {threads} CPU thread{'s' if threads != 1 else ''})"
+                         if tries == 0 else f" again from its last checkpoint (worker pid {process.pid})")
+
+    while queue or running:
+        try:
+            while queue and len(running) < workers and stopped is None:
+                start(*queue.pop(0))
+            ready = multiprocessing.connection.wait(list(running), timeout=POLL_S)
+            progress.poll([member for _, member, _ in running.values()])
+            for sentinel in ready:
+                process, member, tries = running.pop(sentinel)
+                process.join()
+                code = process.exitcode
+                if code is not None and code < 0 and stopped is None and tries < RETRIES:
+                    progress.ended(member, f"worker died ({signal.Signals(-code).name})",
+                                   "; only its current epoch is lost")
+                    queue.insert(0, (member, tries + 1))
+                    continue
+                on_done(member, code)
+        except KeyboardInterrupt as stop:
+            # Once per stop: each worker handles it as a single run handles Ctrl-C/SIGTERM.
+            stopped = stop
+            queue.clear()
+            sig = signal.SIGTERM if isinstance(stop, run.Terminated) else signal.SIGINT
+            for process, _, _ in running.values():
+                if process.exitcode is None:
+                    os.kill(process.pid, sig)
+            print(f"{'stopping' if sig == signal.SIGTERM else 'interrupted'}: each running member keeps its finished "
+                  "epochs and draws its GIF", flush=True)
+    return 0 if stopped is None else run.stop_code(stopped)
