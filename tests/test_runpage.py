@@ -5,6 +5,7 @@ Needs Debian's chromium and chromium-driver; .ci/run installs them and sets
 CENTERLOSS_REQUIRE_BROWSER=1, so there a missing browser fails instead of skipping.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from tests.conftest import QUICK, REPO
+from tests.conftest import QUICK, REPO, run_cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -35,6 +36,7 @@ def browser():
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})  # console and network
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     yield driver
     driver.quit()
@@ -108,3 +110,72 @@ def test_live_page_shows_the_epochs_so_far_and_stops_reloading_at_the_end(browse
     assert not browser.find_elements(By.ID, "status")
     assert not browser.find_elements(By.CSS_SELECTOR, 'meta[http-equiv="refresh"]')
     assert shown(browser) == ("epoch 3 / 3", "epoch_003.png", True)
+
+
+# ---------- the interactive Plotly view ----------
+
+def plotted(driver) -> dict:
+    """What the Plotly figure shows now: traces, the slider's epoch and the first class's first points."""
+    return driver.execute_script("""
+        const g = document.getElementById('features');
+        if (!(g && g._fullLayout && g._fullData && g._fullData.length)) return null;
+        return {traces: g._fullData.length, active: g._fullLayout.sliders[0].active,
+                steps: g._fullLayout.sliders[0].steps.length, points: Array.from(g._fullData[0].x).slice(0, 5),
+                type: g._fullData[0].type};""")
+
+
+def wait_until(driver, test, what, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = test()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def click_slider_at(driver, fraction):
+    """A click on the slider's rail, `fraction` of the way along, as a user picks an epoch."""
+    rail = driver.find_element(By.CSS_SELECTOR, ".slider-rail-touch-rect")
+    width = rail.size["width"]
+    webdriver.ActionChains(driver).move_to_element_with_offset(rail, int((fraction - 0.5) * (width - 8)), 0).click().perform()
+
+
+def requests_made(driver) -> list:
+    """Every URL the page asked the network stack for, from Chromium's own log."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+@pytest.fixture(scope="module")
+def run_3d(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("interactive3d")
+    run_cli("train.py", *QUICK, "--epochs", "2", "--feat-dim", "3", "--run-name", "d3", cwd=cwd, check=0)
+    return cwd / "outputs" / "d3"
+
+
+@pytest.mark.parametrize("which", ["2-D sweep member", "3-D run"])
+def test_interactive_view_renders_and_its_slider_changes_the_points(browser, small_sweep, run_3d, which):
+    run_dir = small_sweep[0] / "lr=0.01__seed=0" if which == "2-D sweep member" else run_3d
+    browser.get_log("performance")  # start the network record with this page
+    browser.get((run_dir / "interactive.html").as_uri())
+    last = wait_until(browser, lambda: plotted(browser), "the plot to render")
+    assert last["traces"] == 11 and last["steps"] == 2 and last["active"] == 1  # ten classes and the centers
+    assert last["type"] == ("scatter3d" if which == "3-D run" else "scatter")
+    if which == "3-D run":
+        assert browser.find_elements(By.CSS_SELECTOR, "#features canvas")  # WebGL scene, turned with the mouse
+    else:
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#features .scatterlayer .point")) > 100
+    click_slider_at(browser, 0.0)  # epoch 1
+    first = wait_until(browser, lambda: (p := plotted(browser))["points"] != last["points"] and p, "the points to move")
+    assert first["active"] == 0
+    click_slider_at(browser, 1.0)  # and back to epoch 2: the same points as at the start
+    wait_until(browser, lambda: plotted(browser)["points"] == last["points"], "the points to come back")
+    assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    urls = requests_made(browser)
+    assert any(url.endswith("plotly.min.js") for url in urls)  # the log really records requests
+    assert all(url.startswith(("file://", "data:", "blob:")) for url in urls), urls  # nothing left the machine
