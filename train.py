@@ -47,6 +47,18 @@ def main(argv=None) -> int:
             if session is not None else "; free space and run the same command again"
         print(f"error: {err}{where}", file=sys.stderr)
         return run.EXIT_NO_SPACE
+    except (MemoryError, OSError, RuntimeError) as err:  # out of memory or an I/O error outside the epochs
+        fault = run.machine_fault(err)
+        if fault is None:  # a bug: its traceback is what a report needs
+            raise
+        where = f" while writing {err.filename}" if isinstance(err, OSError) and err.filename else ""
+        if session is None:
+            print(f"error: {fault}{where} before training; run the same command again once the machine has recovered",
+                  file=sys.stderr)
+        else:
+            print(f"error: {fault}{where} while drawing after training; every finished epoch is kept in "
+                  f"{session.run_dir}; redraw with python visualize.py {session.run_dir}", file=sys.stderr)
+        return run.EXIT_FAULT
     except KeyboardInterrupt as stop:  # before training, or a second Ctrl-C while the GIF is written
         if session is None:
             print("interrupted before training started; nothing to keep", file=sys.stderr)

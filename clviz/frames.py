@@ -77,10 +77,10 @@ def epoch_limits(train_features: np.ndarray, test_features: np.ndarray, centers:
     return robust_limits(points[:, :2], np.asarray(centers)[:, :2])
 
 
-def cube_limits(point_sets: Sequence[np.ndarray]) -> np.ndarray:
+def cube_limits(point_sets: Sequence[np.ndarray], dims: int = 3) -> np.ndarray:
     """[x0, x1, y0, y1, z0, z1]: one padded cube around all but the outermost
-    0.2% of the points per side (3-D frames)."""
-    points = np.concatenate([np.asarray(p, dtype=np.float32)[:, :3] for p in point_sets])
+    0.2% of the points per side (3-D frames); `dims` 2 gives the square."""
+    points = np.concatenate([np.asarray(p, dtype=np.float32)[:, :dims] for p in point_sets])
     low = np.quantile(points, OUTLIER_QUANTILE, axis=0)
     high = np.quantile(points, 1.0 - OUTLIER_QUANTILE, axis=0)
     half = max(float((high - low).max()), 1e-6) * (0.5 + LIMIT_PADDING)

@@ -67,12 +67,9 @@ def epoch_traces(emb: dict, keep: np.ndarray, dim: int, angular: bool, projectio
 
 def axis_ranges(traces_per_epoch: list, dim: int) -> list:
     """One [low, high] per axis over every epoch, padded, equal for all axes (fixed for the whole run)."""
-    points = np.concatenate([np.stack([np.asarray(getattr(t, axis)) for axis in "xyz"[:dim]], axis=1)
-                             for traces in traces_per_epoch for t in traces if len(t.x)])
-    low = np.quantile(points, frames.OUTLIER_QUANTILE, axis=0)
-    high = np.quantile(points, 1 - frames.OUTLIER_QUANTILE, axis=0)
-    half = max(float((high - low).max()), 1e-6) * (0.5 + frames.LIMIT_PADDING)
-    return [[float(m - half), float(m + half)] for m in (low + high) / 2]
+    points = [np.stack([np.asarray(getattr(t, axis)) for axis in "xyz"[:dim]], axis=1)
+              for traces in traces_per_epoch for t in traces if len(t.x)]
+    return frames.cube_limits(points, dims=dim).reshape(-1, 2).tolist()
 
 
 def write_interactive(run_dir: Path, cfg: Config, js_dir: Optional[Path] = None) -> Optional[Path]:

@@ -189,7 +189,9 @@ def train_spread(sweep_dir: Path, base, members: list, overrides: dict, previous
     results table, grid picture and page are redrawn as each member ends."""
     todo = [m for m in members if previous.get(m["name"]) != "diverged"
             and left_to_train(sweep_dir, base, m, overrides) > 0]
-    expect_dataset = run.load_dataset(base).name  # every worker must find the same data
+    # On a cluster every node must find the data the sweep finds here (a node without it would fall back
+    # to the sample); local workers read the same disk as this process.
+    expect_dataset = run.load_dataset(base).name if spread.ray_address else None
     progress = memberlib.Progress(sweep_dir, members)
     previous.update({member["name"]: "training" for member in todo})
 

@@ -34,7 +34,7 @@ def threads_per_worker(workers: int) -> int:
 
 
 def train_in_workers(sweep_dir, base, todo: list, overrides: dict, workers: int, progress: memberlib.Progress,
-                     on_done: Callable, expect_dataset: str) -> int:
+                     on_done: Callable, expect_dataset=None) -> int:
     """Train the members `todo` in up to `workers` processes; `on_done(member, code)` as each ends.
     Returns 0, or the stop code after Ctrl-C / SIGTERM."""
     context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock

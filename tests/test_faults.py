@@ -429,6 +429,24 @@ def test_a_machine_fault_mid_run_is_one_line_and_keeps_the_finished_epochs(tmp_p
     assert [r["epoch"] for r in read_rows(tmp_path / "outputs" / "m")] == ["1", "2", "3"]
 
 
+def test_a_machine_fault_while_drawing_after_training_is_one_line(tmp_path, monkeypatch, capsys):
+    """After the last epoch the GIF is drawn in the trainer: an I/O error there keeps every epoch
+    and names the redraw command, without a traceback."""
+    monkeypatch.chdir(tmp_path)
+
+    def failing_disk(*args, **kwargs):
+        raise OSError(5, "Input/output error", "outputs/f/features.gif")
+
+    monkeypatch.setattr(runlib.gif, "make_gif", failing_disk)
+    assert train.main([*QUICK, "--epochs", "1", "--run-name", "f"]) == runlib.EXIT_FAULT
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == ("error: Input/output error while writing outputs/f/features.gif while "
+                                            "drawing after training; every finished epoch is kept in outputs/f; "
+                                            "redraw with python visualize.py outputs/f")
+    assert [r["epoch"] for r in read_rows(tmp_path / "outputs" / "f")] == ["1"]
+
+
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     """Only the machine's faults become one line; an error in the program itself must stay visible."""
     monkeypatch.chdir(tmp_path)

@@ -112,6 +112,7 @@ def test_a_killed_worker_costs_only_its_members_current_epoch(sequential, tmp_pa
     sweep.wait_for(lambda: worker_pid(sweep.lines, NAMES[1]), "the second worker to start")
     sweep.wait_for(lambda: epochs_in(sweep_dir / NAMES[0]) >= 1, "the first member's first epoch")
     os.kill(victim, signal.SIGKILL)  # in its second epoch
+    assert "running: 0 of 4 runs ended" in (sweep_dir / "index.html").read_text()  # the live sweep page
     code, out = sweep.finish()
     assert code == 0, out
     assert f"{NAMES[0]}: worker died (SIGKILL); only its current epoch is lost" in out
