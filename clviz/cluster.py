@@ -30,6 +30,7 @@ from clviz.runfiles import RunError
 MAX_RETRIES = 3  # Ray restarts a member whose worker or node died this many times (each resumes its checkpoint)
 POLL_S = 2.0  # how often the console checks the members' metrics.csv for new epochs
 PROBE_FILE = ".ray-probe"
+PROBE_TIMEOUT_S = 300  # a node that cannot start a tiny task in this time cannot train a member either
 INSTALL = "pip install -r requirements-ray.txt"
 
 
@@ -80,7 +81,11 @@ def check_shared_folder(ray, sweep_dir: Path) -> None:
             strategy = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
             probes.append(ray.remote(probe_node).options(num_cpus=0, scheduling_strategy=strategy)
                           .remote(str(sweep_dir), token))
-        problems = [problem for problem in ray.get(probes) if problem]
+        try:
+            problems = [problem for problem in ray.get(probes, timeout=PROBE_TIMEOUT_S) if problem]
+        except ray.exceptions.RayError as err:  # e.g. a node cannot import this code, or never answers
+            first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            problems = [f"a node could not run the sweep's check ({first[:160]})"]
     finally:
         marker.unlink(missing_ok=True)
     if problems:
@@ -101,7 +106,7 @@ def connect(address: str):
 
 
 def train_on_ray(ray, sweep_dir, base, todo: list, overrides: dict, spread: SweepSpread,
-                 progress: memberlib.Progress, on_done: Callable, expect_dataset: str) -> int:
+                 progress: memberlib.Progress, on_done: Callable, expected: dict) -> int:
     """Every member of `todo` as a task on the cluster `ray` is connected to (connect());
     `on_done(member, code)` as each ends. Returns 0, or the stop code after Ctrl-C / SIGTERM."""
     sweep_dir = Path(sweep_dir).resolve()  # a worker's working folder is not ours
@@ -112,13 +117,13 @@ def train_on_ray(ray, sweep_dir, base, todo: list, overrides: dict, spread: Swee
     refs = {}
     for member in todo:
         ref = task.options(name=f"member {member['name']}").remote(str(sweep_dir), base_dict, member, overrides,
-                                                                  threads, expect_dataset)
+                                                                  threads, expected[member["name"]])
         refs[ref] = member
         progress.started(member, f" (queued as a Ray task: {spread.member_cpus:g} CPU, {spread.member_gpus:g} GPU)")
-    return wait_for(ray, refs, progress, on_done)
+    return wait_for(ray, refs, progress, on_done, sweep_dir)
 
 
-def wait_for(ray, refs: dict, progress: memberlib.Progress, on_done: Callable) -> int:
+def wait_for(ray, refs: dict, progress: memberlib.Progress, on_done: Callable, sweep_dir: Path) -> int:
     stopped = None
     while refs:
         try:
@@ -126,7 +131,7 @@ def wait_for(ray, refs: dict, progress: memberlib.Progress, on_done: Callable) -
             progress.poll(list(refs.values()))
             for ref in ready:
                 member = refs.pop(ref)
-                on_done(member, task_code(ray, ref, member))
+                on_done(member, task_code(ray, ref, member, sweep_dir))
         except KeyboardInterrupt as stop:
             if stopped is None:  # once: running members stop as a run stops on Ctrl-C and keep their epochs
                 stopped = stop
@@ -136,13 +141,13 @@ def wait_for(ray, refs: dict, progress: memberlib.Progress, on_done: Callable) -
     return 0 if stopped is None else run.stop_code(stopped)
 
 
-def task_code(ray, ref, member: dict) -> Optional[int]:
+def task_code(ray, ref, member: dict, sweep_dir: Path) -> Optional[int]:
     try:
         return ray.get(ref)
     except ray.exceptions.TaskCancelledError:
         return run.EXIT_INTERRUPTED
     except ray.exceptions.RayError as err:  # retries used up, or the task raised a bug's exception
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {member['name']}: {first[:200]} (its console: {memberlib.console_path('.', member)})",
+        print(f"error: {member['name']}: {first[:200]} (its console: {memberlib.console_path(sweep_dir, member)})",
               flush=True)
         return run.EXIT_FAULT

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -136,6 +137,11 @@ def worker_main(sweep_dir: str, base_dict: dict, member: dict, overrides: dict, 
     os.setpgrp()  # a Ctrl-C on the terminal reaches the sweep only; the sweep passes one on to each member
     end_with_parent(parent)  # a sweep killed outright takes its workers with it
     run.stop_on_sigterm()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:  # the sweep started us with Ctrl-C and SIGTERM blocked; one sent meanwhile arrives here
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    except KeyboardInterrupt as stop:
+        os._exit(run.stop_code(stop))
     with console_to(console_path(sweep_dir, member)):
         code = train_member_safely(sweep_dir, base_dict, member, overrides, threads, expect_dataset)
     sys.exit(0 if code is None else code)

@@ -26,6 +26,7 @@ where it stopped.
 import dataclasses
 import itertools
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -133,10 +134,26 @@ def train_sweep(args, resume_dir, spread, ray) -> int:
             code = train_members(sweep_dir, base, members, overrides, previous)
     except KeyboardInterrupt as stop:  # between members (a member's own epochs handle Ctrl-C themselves)
         code = run.stop_code(stop)
-    finish(sweep_dir)
+    try:
+        finish(sweep_dir)
+    except (MemoryError, OSError, RuntimeError) as err:  # the machine's fault while drawing: say what to redraw
+        fault = str(err) if isinstance(err, runfiles.DiskFull) else run.machine_fault(err)
+        if fault is None:  # a bug keeps its traceback
+            raise
+        print(f"error: {fault} while drawing the sweep's grid and page; every member's finished epochs are kept; "
+              f"{'free space and ' if isinstance(err, runfiles.DiskFull) else ''}redraw with python visualize.py "
+              f"{sweep_dir}", file=sys.stderr)
+        return run.EXIT_NO_SPACE if isinstance(err, runfiles.DiskFull) else run.EXIT_FAULT
     if code in (run.EXIT_INTERRUPTED, run.EXIT_TERMINATED):
         print(f"sweep interrupted; resume with: python train.py --resume {sweep_dir}")
         return code
+    failed = [row["member"] for row in runfiles.read_summary(sweep_dir) if row["status"].startswith("failed")]
+    if failed:
+        print(f"error: {len(failed)} member{'s' if len(failed) != 1 else ''} failed ({', '.join(failed[:3])}"
+              f"{', ...' if len(failed) > 3 else ''}); its console says why ({sweep_dir / memberlib.CONSOLE_DIR}/"
+              f"<member>.txt, or above); fix that and resume with: python train.py --resume {sweep_dir}",
+              file=sys.stderr)
+        return run.EXIT_FAULT
     return 0
 
 
@@ -189,11 +206,19 @@ def train_spread(sweep_dir: Path, base, members: list, overrides: dict, previous
     results table, grid picture and page are redrawn as each member ends."""
     todo = [m for m in members if previous.get(m["name"]) != "diverged"
             and left_to_train(sweep_dir, base, m, overrides) > 0]
-    # On a cluster every node must find the data the sweep finds here (a node without it would fall back
-    # to the sample); local workers read the same disk as this process.
-    expect_dataset = run.load_dataset(base).name if spread.ray_address else None
     progress = memberlib.Progress(sweep_dir, members)
     previous.update({member["name"]: "training" for member in todo})
+    try:
+        return train_elsewhere(sweep_dir, base, members, todo, overrides, previous, spread, ray, progress)
+    finally:  # members that never ran (stopped before their turn) are "not started", as in a sequential sweep
+        for name, status in previous.items():
+            if status == "training":
+                previous[name] = None
+        write_summary(sweep_dir, members, previous)
+
+
+def train_elsewhere(sweep_dir, base, members, todo, overrides, previous, spread, ray, progress) -> int:
+    """The members `todo` on the workers or the cluster; each end updates `previous` and the live pictures."""
 
     def on_done(member, code):
         status = "finished" if code is None else memberlib.status_of(code)
@@ -203,9 +228,22 @@ def train_spread(sweep_dir: Path, base, members: list, overrides: dict, previous
 
     draw_progress(sweep_dir, members, previous)
     if spread.ray_address:
-        return cluster.train_on_ray(ray, sweep_dir, base, todo, overrides, spread, progress, on_done, expect_dataset)
-    return workers.train_in_workers(sweep_dir, base, todo, overrides, spread.workers, progress, on_done,
-                                    expect_dataset)
+        return cluster.train_on_ray(ray, sweep_dir, base, todo, overrides, spread, progress, on_done,
+                                    expected_datasets(sweep_dir, base, todo))
+    return workers.train_in_workers(sweep_dir, base, todo, overrides, spread.workers, progress, on_done)
+
+
+def expected_datasets(sweep_dir: Path, base, todo: list) -> dict:
+    """{member name: the data this machine finds for it}. Every node must find the same (one without the
+    data folder would fall back to the sample); each distinct data setting is loaded once."""
+    found, expected = {}, {}
+    for member in todo:
+        cfg = memberlib.member_config(base, sweep_dir, member)
+        key = (cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.allow_sample_fallback, cfg.input_mean, cfg.input_std)
+        if key not in found:
+            found[key] = run.load_dataset(cfg).name
+        expected[member["name"]] = found[key]
+    return expected
 
 
 def draw_progress(sweep_dir: Path, members: list, statuses: dict) -> None:

@@ -9,6 +9,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,23 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def wait_until(test, what, timeout=30.0, alive=lambda: True, context=lambda: ""):
+    """Poll `test` until it returns something true and return that. Fail, naming `what`,
+    after `timeout` s, or at once when `alive()` turns false and `test` still fails."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = test()
+        if found:
+            return found
+        if not alive():
+            found = test()
+            if found:
+                return found
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"gave up waiting for {what}{context()}")
 
 
 def read_rows(run_dir):

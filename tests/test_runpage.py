@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.conftest import QUICK, REPO, run_cli
+from tests.conftest import QUICK, REPO, run_cli, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -124,16 +124,6 @@ def plotted(driver) -> dict:
                 type: g._fullData[0].type};""")
 
 
-def wait_until(driver, test, what, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = test()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 def click_slider_at(driver, fraction):
     """A click on the slider's rail, `fraction` of the way along, as a user picks an epoch."""
     rail = driver.find_element(By.CSS_SELECTOR, ".slider-rail-touch-rect")
@@ -163,7 +153,7 @@ def test_interactive_view_renders_and_its_slider_changes_the_points(browser, sma
     run_dir = small_sweep[0] / "lr=0.01__seed=0" if which == "2-D sweep member" else run_3d
     browser.get_log("performance")  # start the network record with this page
     browser.get((run_dir / "interactive.html").as_uri())
-    last = wait_until(browser, lambda: plotted(browser), "the plot to render")
+    last = wait_until(lambda: plotted(browser), "the plot to render")
     assert last["traces"] == 11 and last["steps"] == 2 and last["active"] == 1  # ten classes and the centers
     assert last["type"] == ("scatter3d" if which == "3-D run" else "scatter")
     if which == "3-D run":
@@ -171,10 +161,10 @@ def test_interactive_view_renders_and_its_slider_changes_the_points(browser, sma
     else:
         assert len(browser.find_elements(By.CSS_SELECTOR, "#features .scatterlayer .point")) > 100
     click_slider_at(browser, 0.0)  # epoch 1
-    first = wait_until(browser, lambda: (p := plotted(browser))["points"] != last["points"] and p, "the points to move")
+    first = wait_until(lambda: (p := plotted(browser))["points"] != last["points"] and p, "the points to move")
     assert first["active"] == 0
     click_slider_at(browser, 1.0)  # and back to epoch 2: the same points as at the start
-    wait_until(browser, lambda: plotted(browser)["points"] == last["points"], "the points to come back")
+    wait_until(lambda: plotted(browser)["points"] == last["points"], "the points to come back")
     assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     urls = requests_made(browser)
     assert any(url.endswith("plotly.min.js") for url in urls)  # the log really records requests
