@@ -222,6 +222,8 @@ def train_elsewhere(sweep_dir, base, members, todo, overrides, previous, spread,
 
     def on_done(member, code):
         status = "finished" if code is None else memberlib.status_of(code)
+        if status == "interrupted" and memberlib.epochs_done(Path(sweep_dir) / member["name"]) == 0:
+            status = "not started"  # cancelled while queued, or stopped in its first epoch: nothing kept
         previous[member["name"]] = status
         progress.ended(member, status)
         draw_progress(sweep_dir, members, previous)
