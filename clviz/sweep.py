@@ -8,6 +8,7 @@ trained one after another into one folder and drawn side by side.
 outputs/<sweep>/
     sweep.yaml          the axes, the members and the shared config
     <key=value>/        one ordinary run folder per member (see run.py, runfiles.py)
+    consoles/           with --workers or --ray-address: each member's console output
     summary.csv         one row per member: status and final metrics
     results.md          the same as a table; over a `seed` axis, mean ± std per setting
     grid_frames/        one picture per epoch, a panel per member (test features)

@@ -89,6 +89,21 @@ def wait_until(test, what, timeout=30.0, alive=lambda: True, context=lambda: "")
     raise AssertionError(f"gave up waiting for {what}{context()}")
 
 
+def fail_in_epoch(monkeypatch, epoch: int, error: BaseException):
+    """From now on the training loop raises `error` as epoch `epoch` starts (an injected fault:
+    divergence, Ctrl-C, out of memory). Returns the real EpochRunner.run, to put back once
+    'the machine has recovered'."""
+    real = training.EpochRunner.run
+
+    def failing(self, *args, **kwargs):
+        if kwargs.get("epoch") == epoch:
+            raise error
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(training.EpochRunner, "run", failing)
+    return real
+
+
 def read_rows(run_dir):
     """metrics.csv as a list of dicts of strings."""
     with open(run_dir / "metrics.csv", newline="") as handle:

@@ -19,7 +19,7 @@ import train
 from clviz import run as runlib
 from clviz import runfiles
 from clviz.training import Diverged, EpochRunner
-from tests.conftest import QUICK, REPO, alive, descendants, read_rows, run_cli, without_time, write_small_set
+from tests.conftest import QUICK, REPO, alive, descendants, fail_in_epoch, read_rows, run_cli, without_time, write_small_set
 
 pytestmark = pytest.mark.slow
 
@@ -103,14 +103,7 @@ def test_divergence_stops_with_epoch_and_step(run, tmp_path):
 
 def test_divergence_keeps_the_last_good_epoch(tmp_path, monkeypatch, capsys):
     """Diverge in epoch 2 (injected): epoch 1's checkpoint, frame and GIF stay."""
-    real = EpochRunner.run
-
-    def failing(self, *args, epoch, **kwargs):
-        if epoch == 2:
-            raise Diverged("loss became nan at epoch 2, step 3")
-        return real(self, *args, epoch=epoch, **kwargs)
-
-    monkeypatch.setattr(EpochRunner, "run", failing)
+    fail_in_epoch(monkeypatch, 2, Diverged("loss became nan at epoch 2, step 3"))
     monkeypatch.chdir(tmp_path)
     assert train.main([*QUICK, "--epochs", "3", "--run-name", "d"]) == 3
     run_dir = tmp_path / "outputs" / "d"
@@ -300,14 +293,7 @@ def test_a_resumed_run_uses_exactly_its_data_or_refuses(tmp_path, monkeypatch, c
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "work")
     args = ["--data-dir", "data", "--epochs", "3", "--batch-size", "20", "--run-name", "d"]
-    real = EpochRunner.run
-
-    def stop_after_one(self, *a, epoch, **kw):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real(self, *a, epoch=epoch, **kw)
-
-    monkeypatch.setattr(EpochRunner, "run", stop_after_one)
+    real = fail_in_epoch(monkeypatch, 2, KeyboardInterrupt())
     assert train.main(args) == 130
     monkeypatch.setattr(EpochRunner, "run", real)
     run_dir = tmp_path / "work" / "outputs" / "d"
@@ -385,17 +371,11 @@ def test_a_disk_full_at_start_leaves_no_folder_behind(tmp_path, monkeypatch, cap
 
 def test_a_second_ctrl_c_while_drawing_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    real = EpochRunner.run
-
-    def first_ctrl_c(self, *a, epoch, **kw):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real(self, *a, epoch=epoch, **kw)
+    fail_in_epoch(monkeypatch, 2, KeyboardInterrupt())
 
     def second_ctrl_c(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(EpochRunner, "run", first_ctrl_c)
     monkeypatch.setattr(runlib.gif, "make_gif", second_ctrl_c)
     assert train.main([*QUICK, "--epochs", "3", "--run-name", "twice"]) == 130
     err = capsys.readouterr().err
@@ -412,14 +392,7 @@ def test_a_second_ctrl_c_while_drawing_is_one_line(tmp_path, monkeypatch, capsys
 ], ids=["torch-cpu-oom", "python-oom", "io-error"])
 def test_a_machine_fault_mid_run_is_one_line_and_keeps_the_finished_epochs(tmp_path, monkeypatch, capsys, error, said):
     monkeypatch.chdir(tmp_path)
-    real = EpochRunner.run
-
-    def fault_in_epoch_2(self, *a, epoch, **kw):
-        if epoch == 2:
-            raise error
-        return real(self, *a, epoch=epoch, **kw)
-
-    monkeypatch.setattr(EpochRunner, "run", fault_in_epoch_2)
+    real = fail_in_epoch(monkeypatch, 2, error)
     assert train.main([*QUICK, "--epochs", "3", "--run-name", "m"]) == runlib.EXIT_FAULT
     out = capsys.readouterr().out
     message = next(line for line in out.splitlines() if line.startswith("error:"))
