@@ -44,6 +44,11 @@ def member_config(base: Config, sweep_dir: Path, member: dict) -> Config:
     return dataclasses.replace(base, **member["values"], output_dir=str(sweep_dir), run_name=member["name"])
 
 
+def data_key(cfg: Config) -> tuple:
+    """The settings that decide which data a member trains on: members alike in these share one load."""
+    return cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.allow_sample_fallback, cfg.input_mean, cfg.input_std
+
+
 def epochs_done(member_dir: Path) -> int:
     return len(runfiles.read_metrics(member_dir)) if (member_dir / runfiles.METRICS).is_file() else 0
 
@@ -69,15 +74,15 @@ def train_member(sweep_dir, base: Config, member: dict, overrides: dict, rendere
         finally:
             os.close(lock)
     datasets = {} if datasets is None else datasets
-    data_key = (cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.allow_sample_fallback, cfg.input_mean, cfg.input_std)
-    if data_key not in datasets:
-        datasets[data_key] = run.load_dataset(cfg, resuming=checkpoint is not None)
-    found = datasets[data_key].name
+    key = data_key(cfg)
+    if key not in datasets:
+        datasets[key] = run.load_dataset(cfg, resuming=checkpoint is not None)
+    found = datasets[key].name
     if expect_dataset is not None and found != expect_dataset:
         raise RunError(f"this worker ({socket.gethostname()}) found {found} in {cfg.data_dir}, the sweep found "
                        f"{expect_dataset}; put the data on a filesystem every node sees, at the same path")
     session = run.open_session(cfg, checkpoint=checkpoint, run_dir=member_dir if checkpoint else None,
-                               dataset=datasets[data_key])
+                               dataset=datasets[key])
     return run.fit(session, renderer)
 
 

@@ -162,8 +162,7 @@ def check_work_left(sweep_dir: Path, members: list, epochs: int) -> None:
     """Refuse to resume a sweep whose every member has finished (or diverged), as a finished run is refused."""
     statuses = {row["member"]: row["status"] for row in runfiles.read_summary(sweep_dir)}
     for member in members:
-        member_dir = Path(sweep_dir) / member["name"]
-        done = len(runfiles.read_metrics(member_dir)) if (member_dir / runfiles.METRICS).is_file() else 0
+        done = memberlib.epochs_done(Path(sweep_dir) / member["name"])
         if statuses.get(member["name"]) != "diverged" and done < epochs:
             return
     raise RunError(f"sweep {sweep_dir} already finished all {epochs} epochs of every member; pass --epochs N "
@@ -242,7 +241,7 @@ def expected_datasets(sweep_dir: Path, base, todo: list) -> dict:
     found, expected = {}, {}
     for member in todo:
         cfg = memberlib.member_config(base, sweep_dir, member)
-        key = (cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.allow_sample_fallback, cfg.input_mean, cfg.input_std)
+        key = memberlib.data_key(cfg)
         if key not in found:
             found[key] = run.load_dataset(cfg).name
         expected[member["name"]] = found[key]
