@@ -38,13 +38,29 @@ class PReLU(nn.PReLU):
         return kernel(x, self.weight)
 
 
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters, same state_dict) whose training-time kernel
+    can be swapped for another computation of the same convolution, e.g.
+    through the FFT, which needs fewer operations than the direct one."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.train_kernel = None  # (x, weight) -> y; set by `LeNetsPP.use_conv_kernel`
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # As for PReLU: only where a backward pass follows; evaluation keeps the direct kernel.
+        if self.train_kernel is not None and torch.is_grad_enabled():
+            return self.train_kernel(x, self.weight)
+        return super().forward(x)
+
+
 def conv_stage(in_channels: int, out_channels: int) -> nn.Sequential:
     """Two 5x5 conv-BatchNorm-PReLU layers, then a 2x2 max-pool (halves H and W)."""
     layers = []
     for channels_in in (in_channels, out_channels):
         layers += [
             # No conv bias: the BatchNorm right after it has its own shift.
-            nn.Conv2d(channels_in, out_channels, kernel_size=5, padding=2, bias=False),
+            Conv2d(channels_in, out_channels, kernel_size=5, padding=2, bias=False),
             nn.BatchNorm2d(out_channels),
             PReLU(out_channels),
         ]
@@ -139,6 +155,16 @@ class LeNetsPP(nn.Module):
         for module in self.modules():
             if isinstance(module, PReLU):
                 module.train_kernel = kernel
+
+    def convs(self) -> list:
+        """The six 5x5 convs, input side first: 1->32, 32->32 (28x28), 32->64, 64->64 (14x14), 64->128, 128->128 (7x7)."""
+        return [module for module in self.modules() if isinstance(module, Conv2d)]
+
+    def use_conv_kernel(self, kernel, layers) -> None:
+        """Train the convs at indices `layers` (into `convs()`) with `kernel(x, weight)`,
+        a 'same', stride-1, bias-free convolution (same maths, e.g. through the FFT)."""
+        for index, conv in enumerate(self.convs()):
+            conv.train_kernel = kernel if index in layers else None
 
     def margin_log_probs(self, features: torch.Tensor, log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The log-probabilities the training loss uses: `log_probs` itself for

@@ -29,8 +29,8 @@ from nets import head_settings
 
 # Fields a resumed run may change: they alter neither the maths nor the files already written.
 # data_dir may point a resumed run at a moved copy of its data, which is checked to be the same data.
-RESUMABLE_OVERRIDES = ("epochs", "device", "bf16", "channels_last", "cuda_graphs", "fused_prelu", "folded_eval", "num_threads",
-                       "data_dir", "tensorboard")
+RESUMABLE_OVERRIDES = ("epochs", "device", "bf16", "channels_last", "cuda_graphs", "fused_prelu", "fft_conv", "folded_eval",
+                       "num_threads", "data_dir", "tensorboard")
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_FAULT, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 4, 5, 130, 143
 
 

@@ -1,6 +1,6 @@
 """The speed switches, apart from the plain training step: the device, bf16
-autocast, channels_last, the fused (compiled) PReLU and CUDA-graph capture of
-the whole step. Each has an `auto` choice and can be turned off; with all of
+autocast, channels_last, the fused (compiled) PReLU, FFT convolutions,
+folded evaluation and CUDA-graph capture of the whole step. Each has an `auto` choice and can be turned off; with all of
 them off the step in training.py runs exactly as written."""
 
 import logging
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from clviz.config import Config, augments
+from clviz.fftconv import fft_conv2d
 from nets import LeNetsPP
 
 
@@ -59,11 +60,12 @@ class Speed:
     fused_prelu: bool = False
     fused_prelu_note: str = ""  # why auto left it off, when that is worth saying
     folded_eval: bool = False
+    fft_conv: bool = False
 
     def describe(self) -> str:
         fused = "on" if self.fused_prelu else "off" + (f" ({self.fused_prelu_note})" if self.fused_prelu_note else "")
         return (f"bf16 autocast {'on' if self.bf16 else 'off'}, channels_last {'on' if self.channels_last else 'off'}, "
-                f"fused PReLU {fused}, cuda graphs {'on' if self.cuda_graphs else 'off'}, "
+                f"fused PReLU {fused}, FFT convs {'on' if self.fft_conv else 'off'}, cuda graphs {'on' if self.cuda_graphs else 'off'}, "
                 f"folded evaluation {'on' if self.folded_eval else 'off'}, {self.threads} CPU thread{'s' if self.threads != 1 else ''}")
 
 
@@ -132,7 +134,36 @@ def resolve_speed(cfg: Config, device: torch.device, train_steps: Optional[int] 
     folded = cfg.folded_eval == "on" or (cfg.folded_eval == "auto" and device.type == "cpu" and not bf16
                                           and torch.backends.mkldnn.is_available())
     return Speed(bf16=bf16, channels_last=channels_last, cuda_graphs=cuda_graphs, threads=threads,
-                 fused_prelu=fused, fused_prelu_note=note, folded_eval=folded)
+                 fused_prelu=fused, fused_prelu_note=note, folded_eval=folded,
+                 fft_conv=resolve_fft_conv(cfg.fft_conv, device, bf16))
+
+
+# Which of LeNets++'s six convs train through the FFT (indices into LeNetsPP.convs()).
+# Forward + backward per batch of 100, direct (oneDNN) against FFT, on a 2-core
+# AVX2 CPU in fp32, where the direct convs already run at ~200 GFLOP/s, the
+# cores' FMA peak: 32->64 at 14x14 30.4 -> 23.3 ms, 64->64 at 14x14 60.7 -> 40.1,
+# 128->128 at 7x7 59.9 -> 53.5; slower through the FFT: 32->32 at 28x28
+# (74.5 -> 78.1; transform size 32 and twice the data to reorder) and 64->128
+# at 7x7 (30.1 -> 33.2); the first conv has one input channel, no mixing to save.
+# The whole step: 295 -> 258 ms.
+FFT_CONV_LAYERS = (2, 3, 5)
+
+
+def resolve_fft_conv(choice: str, device: torch.device, bf16: bool) -> bool:
+    """auto: on for fp32 training on a CPU without AVX-512 (where it was
+    measured; with AVX-512 the direct convs are twice as fast and bf16 is the
+    faster switch there). torch.fft has no bf16 on the CPU, hence fp32 only."""
+    if choice == "on" and (device.type != "cpu" or bf16):
+        raise ValueError(f"--fft-conv on needs fp32 training on the CPU (this run: {device.type}"
+                         f"{', bf16 autocast on' if bf16 else ''}); use --fft-conv auto or off"
+                         + (", or --bf16 off" if bf16 and device.type == "cpu" else ""))
+    if choice == "auto":
+        return device.type == "cpu" and not bf16 and torch.backends.cpu.get_cpu_capability() == "AVX2"
+    return choice == "on"
+
+
+def apply_conv_kernels(model: LeNetsPP, speed: Speed) -> None:
+    model.use_conv_kernel(fft_conv2d if speed.fft_conv else None, FFT_CONV_LAYERS)
 
 
 def resolve_fused_prelu(choice: str, device: torch.device, bf16: bool, channels_last: bool,

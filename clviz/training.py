@@ -17,7 +17,7 @@ from tqdm import tqdm
 from centerloss import CenterLoss, scale_feature_grad
 from clviz.config import Config, augments
 from clviz.data import NUM_CLASSES, Split
-from clviz.speed import GraphedStep, Speed, autocast, compiled_prelu, eval_forward, to_layout
+from clviz.speed import GraphedStep, Speed, apply_conv_kernels, autocast, compiled_prelu, eval_forward, to_layout
 from nets import LeNetsPP
 
 
@@ -105,6 +105,7 @@ def build_parts(cfg: Config, device: torch.device, speed: Speed) -> Parts:
     model = model.to(device, memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)
     if speed.fused_prelu:
         model.use_prelu_kernel(compiled_prelu())
+    apply_conv_kernels(model, speed)
     center_loss = CenterLoss(NUM_CLASSES, cfg.feat_dim, update=cfg.center_update, alpha=cfg.center_alpha,
                              normalize=cfg.center_loss_normalize).to(device)
     net_optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

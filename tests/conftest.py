@@ -228,7 +228,7 @@ def app_epochs(cfg, run_speed, device=torch.device("cpu"), split=None, epochs=1)
 
 def plain(cfg, **changes):
     """A Config with changes, every speed switch off unless changed."""
-    return dataclasses.replace(cfg, **{"bf16": "off", "channels_last": "off", "fused_prelu": "off", **changes})
+    return dataclasses.replace(cfg, **{"bf16": "off", "channels_last": "off", "fused_prelu": "off", "fft_conv": "off", **changes})
 
 
 def textbook(cfg, **changes):

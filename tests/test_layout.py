@@ -10,7 +10,7 @@ TOP_LEVEL = ["train.py", "visualize.py", "nets.py", "centerloss.py"]
 # The layers, lowest first; a module may import only from its own layer or below.
 LAYERS = [
     {"nets", "centerloss", "clviz.config", "clviz.data", "clviz.metrics", "clviz.runfiles", "clviz.background",
-     "clviz.projection", "clviz.tensorboard_log"},
+     "clviz.projection", "clviz.tensorboard_log", "clviz.fftconv"},
     {"clviz.speed", "clviz.frames", "clviz.report"},
     {"clviz.training", "clviz.gif", "clviz.interactive"},
     {"clviz.grid", "clviz.run"},

@@ -1,5 +1,5 @@
 """The speed switches' rules: device choice, the fused PReLU's auto rule and
-its fallback, CUDA graphs' refusal on the CPU and their capture fallback,
+its fallback, the FFT convs' auto rule, CUDA graphs' refusal on the CPU and their capture fallback,
 and the folded evaluation against the eval-mode model."""
 
 import dataclasses
@@ -32,7 +32,25 @@ def test_mps_request_without_mps_is_a_clear_error(monkeypatch):
 
 def test_the_mps_path_turns_off_every_cuda_and_cpu_only_switch():
     run_speed = speedlib.resolve_speed(Config(device="mps"), torch.device("mps"), train_steps=10**6)
-    assert not (run_speed.cuda_graphs or run_speed.fused_prelu or run_speed.bf16 or run_speed.channels_last)
+    assert not (run_speed.cuda_graphs or run_speed.fused_prelu or run_speed.bf16 or run_speed.channels_last
+                or run_speed.fft_conv or run_speed.folded_eval)
+
+
+def test_fft_conv_auto_rule(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert speedlib.resolve_fft_conv("auto", cpu, bf16=False)  # where it was measured
+    assert not speedlib.resolve_fft_conv("auto", cpu, bf16=True)
+    assert not speedlib.resolve_fft_conv("auto", gpu, bf16=False)
+    assert not speedlib.resolve_fft_conv("off", cpu, bf16=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert not speedlib.resolve_fft_conv("auto", cpu, bf16=False)  # unmeasured there: the direct convs
+    assert speedlib.resolve_fft_conv("on", cpu, bf16=False)
+    with pytest.raises(ValueError, match=r"--fft-conv on needs fp32 training on the CPU \(this run: cpu, bf16 "
+                                         r"autocast on\); use --fft-conv auto or off, or --bf16 off"):
+        speedlib.resolve_fft_conv("on", cpu, bf16=True)
+    with pytest.raises(ValueError, match=r"--fft-conv on needs fp32 training on the CPU \(this run: cuda\)"):
+        speedlib.resolve_fft_conv("on", gpu, bf16=False)
 
 
 def fused_choice(choice, steps, device="cpu"):

@@ -52,6 +52,16 @@ def test_fused_prelu_epoch_matches_the_reference_loop(compiler):
     assert_same_as_reference(cfg, run_speed)
 
 
+def test_fft_conv_epoch_matches_the_reference_loop():
+    cfg = textbook(Config(), batch_size=50, lr=0.001, center_loss_weight=0.3, fft_conv="on")
+    run_speed = speedlib.resolve_speed(cfg, torch.device("cpu"))
+    assert run_speed.fft_conv and "FFT convs on" in run_speed.describe()
+    _, parts, _ = app_epochs(cfg, run_speed)
+    kernels = [conv.train_kernel for conv in parts.model.convs()]
+    assert [k is not None for k in kernels] == [i in speedlib.FFT_CONV_LAYERS for i in range(6)]
+    assert_same_as_reference(cfg, run_speed)
+
+
 def test_bf16_path_stays_close_to_fp32():
     results = []
     for bf16 in ("off", "on"):  # 3 steps: bf16 is emulated (slow) on CPUs without native support

@@ -1,0 +1,99 @@
+"""The FFT convolution against PyTorch's direct one, a hand-written loop and
+finite differences; and where LeNets++ uses it."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clviz import fftconv
+from clviz.fftconv import fft_conv2d
+from nets import LeNetsPP
+
+# LeNets++'s six convs: (in, out, height = width).
+SHAPES = [(1, 32, 28), (32, 32, 28), (32, 64, 14), (64, 64, 14), (64, 128, 7), (128, 128, 7)]
+
+
+def loop_conv(x, w):
+    """conv2d with padding k // 2, written out: y[b,o,i,j] = sum_{c,u,v} x[b,c,i+u-p,j+v-p] w[o,c,u,v]."""
+    batch, channels, height, width = x.shape
+    out_channels, _, k, _ = w.shape
+    p = k // 2
+    y = torch.zeros(batch, out_channels, height, width, dtype=x.dtype)
+    for i in range(height):
+        for j in range(width):
+            for u in range(k):
+                for v in range(k):
+                    if 0 <= i + u - p < height and 0 <= j + v - p < width:
+                        y[:, :, i, j] += x[:, :, i + u - p, j + v - p] @ w[:, :, u, v].T
+    return y
+
+
+def test_the_fft_convolution_is_the_written_out_sum():
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 3, 7, 7, dtype=torch.float64), torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    assert torch.allclose(fft_conv2d(x, w), loop_conv(x, w), atol=1e-10)
+
+
+def test_the_fft_convolutions_gradients_pass_gradcheck():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)  # not square: both sizes are kept apart
+    w = torch.randn(4, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fft_conv2d, (x, w))
+    w3 = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)  # another kernel size, another shift
+    assert torch.autograd.gradcheck(fft_conv2d, (x, w3))
+
+
+@pytest.mark.parametrize("in_channels, out_channels, size", SHAPES)
+def test_each_lenets_conv_and_its_gradients_match_the_direct_conv_in_fp32(in_channels, out_channels, size):
+    torch.manual_seed(0)
+    x = torch.randn(4, in_channels, size, size, requires_grad=True)
+    w = (torch.randn(out_channels, in_channels, 5, 5) / (5 * in_channels ** 0.5)).requires_grad_()
+    grad_y = torch.randn(4, out_channels, size, size)
+    ours = fft_conv2d(x, w)
+    theirs = F.conv2d(x, w, padding=2)
+    assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5 * float(theirs.detach().abs().max()))
+    for a, b in zip(torch.autograd.grad(ours, (x, w), grad_y), torch.autograd.grad(theirs, (x, w), grad_y)):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
+def test_a_transform_too_small_to_hold_the_padding_would_be_caught(monkeypatch):
+    """The comparison above can fail: one size short, the circular convolution wraps into the kept outputs."""
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 3, 14, 14), torch.randn(4, 3, 5, 5)
+    monkeypatch.setattr(fftconv, "fft_size", lambda length, padding: length + padding - 1)
+    assert not torch.allclose(fft_conv2d(x, w), F.conv2d(x, w, padding=2), atol=1e-3)
+
+
+def test_channels_last_in_channels_last_out():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 14, 14).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(16, 8, 5, 5, requires_grad=True)
+    y = fft_conv2d(x, w)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(y, F.conv2d(x, w, padding=2), atol=1e-4)
+    (grad_x,) = torch.autograd.grad(y, x, torch.ones_like(y).contiguous(memory_format=torch.channels_last))
+    assert grad_x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_kernel_it_cannot_do_is_one_clear_error():
+    with pytest.raises(ValueError, match="odd square kernel"):
+        fft_conv2d(torch.zeros(1, 3, 8, 8), torch.zeros(4, 3, 4, 4))
+
+
+def test_the_model_trains_the_chosen_convs_through_the_kernel_and_evaluates_directly():
+    model = LeNetsPP()
+    calls = []
+
+    def kernel(x, weight):
+        calls.append(tuple(weight.shape))
+        return F.conv2d(x, weight, padding=2)
+
+    model.use_conv_kernel(kernel, (2, 3, 5))
+    images = torch.randn(2, 1, 28, 28)
+    model(images)
+    assert calls == [(64, 32, 5, 5), (64, 64, 5, 5), (128, 128, 5, 5)]
+    calls.clear()
+    with torch.no_grad():
+        model(images)  # evaluation: the direct kernel
+    assert calls == []
+    assert set(LeNetsPP().state_dict()) == set(model.state_dict())  # checkpoints unchanged
