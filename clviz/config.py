@@ -113,7 +113,7 @@ class Config:
     fused_prelu: str = opt("auto", "compile PReLU into one fused kernel (torch.compile, needs a C++ compiler): "
                            "auto = on for CPU runs of 1000+ steps, falling back to eager if it cannot compile",
                            choices=AUTO_ON_OFF)
-    fft_conv: str = opt("auto", "train three of the six convs through the FFT (fewer operations, same maths up to "
+    fft_conv: str = opt("auto", "train five of the six convs through the FFT (fewer operations, same maths up to "
                         "rounding): auto = on for fp32 CPU runs on CPUs without AVX-512", choices=AUTO_ON_OFF)
     folded_eval: str = opt("auto", "evaluate on the CPU with each BatchNorm folded into its conv and oneDNN's blocked "
                            "layout kept between layers: auto = on for fp32 CPU runs", choices=AUTO_ON_OFF)

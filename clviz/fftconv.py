@@ -1,6 +1,6 @@
 """Convolution through the FFT, for the CPU training step.
 
-A 5x5 'same' convolution costs 2 * 25 * C_in * C_out multiply-adds per output
+A 5x5 'same' convolution costs 25 * C_in * C_out multiply-adds per output
 pixel done directly. Through the FFT each image-channel is transformed once,
 the channel mixing becomes one small complex matrix product per frequency,
 and on a 14x14 map (transform size 16, 16 x 9 frequencies after the real
@@ -20,6 +20,9 @@ X = rfft2(x, N), Wh = rfft2(w, N) and the shift S[f] = exp(-2 pi i p (f_h + f_w)
     Y[b, o, f] = sum_c X[b, c, f] * conj(Wh[o, c, f]) * S[f],   y = irfft2(Y)[:H, :W]
     dL/dx      = irfft2(sum_o G[b, o, f] * conj(K[o, c, f]))[:H, :W],   G = rfft2(dL/dy, N), K = conj(Wh) S
     dL/dw      = irfft2(conj(sum_b conj(X[b, c, f]) * G[b, o, f]) * S)[:k, :k]
+
+K and dL/dw involve only the k x k taps, so each is one small matrix product
+(kernel_transforms), not an N x N transform.
 
 Same results as F.conv2d up to float rounding (~1e-6 relative in fp32).
 """

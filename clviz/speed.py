@@ -141,12 +141,11 @@ def resolve_speed(cfg: Config, device: torch.device, train_steps: Optional[int] 
 # Which of LeNets++'s six convs train through the FFT (indices into LeNetsPP.convs()).
 # Forward + backward per batch of 100, direct (oneDNN) against FFT, on a 2-core
 # AVX2 CPU in fp32, where the direct convs already run at ~200 GFLOP/s, the
-# cores' FMA peak: 32->64 at 14x14 30.4 -> 23.3 ms, 64->64 at 14x14 60.7 -> 40.1,
-# 128->128 at 7x7 59.9 -> 53.5; slower through the FFT: 32->32 at 28x28
-# (74.5 -> 78.1; transform size 32 and twice the data to reorder) and 64->128
-# at 7x7 (30.1 -> 33.2); the first conv has one input channel, no mixing to save.
-# The whole step: 295 -> 258 ms.
-FFT_CONV_LAYERS = (2, 3, 5)
+# cores' FMA peak: 32->32 at 28x28 64.3 -> 57.4 ms, 32->64 at 14x14 30.7 -> 21.7,
+# 64->64 at 14x14 59.6 -> 35.9, 64->128 at 7x7 30.5 -> 27.4, 128->128 at 7x7
+# 59.6 -> 41.0. The first conv (one input channel: no channel mixing to save)
+# stays direct: 8.5 against 29.4 ms. The whole step: 297 -> 235 ms.
+FFT_CONV_LAYERS = (1, 2, 3, 4, 5)
 
 
 def resolve_fft_conv(choice: str, device: torch.device, bf16: bool) -> bool:
