@@ -47,9 +47,16 @@ class Conv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         self.train_kernel = None  # (x, weight) -> y; set by `LeNetsPP.use_conv_kernel`
 
+    def same_shape_conv(self) -> bool:
+        """Stride 1, padding k // 2 (zeros), no dilation, no groups, no bias: all a swapped kernel is given."""
+        k = self.kernel_size[0]
+        return (self.kernel_size == (k, k) and k % 2 == 1 and self.stride == (1, 1) and self.padding == (k // 2, k // 2)
+                and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros" and self.bias is None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # As for PReLU: only where a backward pass follows; evaluation keeps the direct kernel.
-        if self.train_kernel is not None and torch.is_grad_enabled():
+        # A copy with a bias (BatchNorm folded in for evaluation) also keeps the direct one.
+        if self.train_kernel is not None and self.bias is None and torch.is_grad_enabled():
             return self.train_kernel(x, self.weight)
         return super().forward(x)
 
@@ -163,7 +170,10 @@ class LeNetsPP(nn.Module):
     def use_conv_kernel(self, kernel, layers) -> None:
         """Train the convs at indices `layers` (into `convs()`) with `kernel(x, weight)`,
         a 'same', stride-1, bias-free convolution (same maths, e.g. through the FFT)."""
-        for index, conv in enumerate(self.convs()):
+        convs = self.convs()
+        if any(not 0 <= index < len(convs) or not convs[index].same_shape_conv() for index in layers):
+            raise ValueError(f"use_conv_kernel: layers {tuple(layers)} must index bias-free 'same' convs of the {len(convs)}")
+        for index, conv in enumerate(convs):
             conv.train_kernel = kernel if index in layers else None
 
     def margin_log_probs(self, features: torch.Tensor, log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

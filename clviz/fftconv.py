@@ -7,7 +7,9 @@ and on a 14x14 map (transform size 16, 16 x 9 frequencies after the real
 FFT's symmetry) that product costs ~8x fewer operations than the direct
 convolution; the backward pass reuses the transforms for both gradients.
 On a CPU whose direct convolutions already run at the FMA peak, fewer
-operations is the only way left to a faster step (measured in speed.py).
+operations is the only way left to a faster step (per-conv times beside
+speed.FFT_CONV_LAYERS and in bench/RESULTS.md). Forward and first
+derivatives only: the backward pass is not itself differentiable.
 
 Maths, for input x (B, C, H, W), weight w (O, C, k, k), padding p = k // 2:
 
@@ -30,6 +32,7 @@ Same results as F.conv2d up to float rounding (~1e-6 relative in fp32).
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def fft_size(length: int, padding: int) -> int:
@@ -53,8 +56,8 @@ def kernel_transforms(n: int, k: int, dtype: torch.dtype, device: torch.device) 
         E[(f, g), (u, v)] = e(f, u) e(g, v),  e(f, u) = exp(2 pi i f (u - p) / n)
         K = E w   (= conj(rfft2(w, n)) times the shift S)
         D[(u, v), (f, g)] = conj(e(f, u) e(g, v)) c_g / n^2,   dL/dw = Re(D M)
-    where c_g = 1 for the columns an rfft holds once (g = 0 and n / 2) and 2 for
-    those that stand for a conjugate pair."""
+    where c_g = 1 for the columns an rfft holds once (g = 0, and g = n / 2 when n
+    is even) and 2 for those that stand for a conjugate pair."""
     taps = torch.arange(k, dtype=torch.float64) - k // 2
     e = torch.exp(2j * math.pi * torch.arange(n, dtype=torch.float64)[:, None] * taps / n)  # (n, k)
     half = n // 2 + 1
@@ -100,6 +103,7 @@ class FFTConv2d(torch.autograd.Function):
         return y.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
         xs, ks, from_spectrum = ctx.saved_tensors
         n, k, height, width = ctx.sizes
@@ -119,13 +123,17 @@ class FFTConv2d(torch.autograd.Function):
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
+    """True for a 4-D tensor laid out channels_last (and not also plain contiguous, as when H = W = 1)."""
     return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def fft_conv2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """F.conv2d(x, weight, padding=k // 2) through the FFT; x (B, C, H, W), weight (O, C, k, k)."""
     k = weight.shape[-1]
-    if weight.dim() != 4 or weight.shape[-2] != k or k % 2 == 0 or x.shape[1] != weight.shape[1]:
-        raise ValueError(f"fft_conv2d needs an odd square kernel matching the input's channels; got input "
-                         f"{tuple(x.shape)} and weight {tuple(weight.shape)}")
+    if x.dim() != 4 or weight.dim() != 4 or weight.shape[-2] != k or k % 2 == 0 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"fft_conv2d needs a batch (B, C, H, W) and an odd square kernel matching its channels; "
+                         f"got input {tuple(x.shape)} and weight {tuple(weight.shape)}")
+    if x.dtype != weight.dtype or x.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"fft_conv2d needs float32 or float64 input and weight of one dtype (torch.fft has no "
+                         f"bf16/fp16 on the CPU); got {x.dtype} and {weight.dtype}")
     return FFTConv2d.apply(x, weight)

@@ -1,7 +1,8 @@
 """The speed switches, apart from the plain training step: the device, bf16
-autocast, channels_last, the fused (compiled) PReLU, FFT convolutions,
-folded evaluation and CUDA-graph capture of the whole step. Each has an `auto` choice and can be turned off; with all of
-them off the step in training.py runs exactly as written."""
+autocast, channels_last, the fused (compiled) PReLU, FFT convolutions, folded
+evaluation and CUDA-graph capture of the whole step. Each has an `auto` choice
+and can be turned off; with all of them off the step in training.py runs
+exactly as written."""
 
 import logging
 import shutil
@@ -149,9 +150,9 @@ FFT_CONV_LAYERS = (1, 2, 3, 4, 5)
 
 
 def resolve_fft_conv(choice: str, device: torch.device, bf16: bool) -> bool:
-    """auto: on for fp32 training on a CPU without AVX-512 (where it was
-    measured; with AVX-512 the direct convs are twice as fast and bf16 is the
-    faster switch there). torch.fft has no bf16 on the CPU, hence fp32 only."""
+    """auto: on for fp32 training on an x86 CPU whose best instruction set is
+    AVX2, where it was measured; off elsewhere (AVX-512, ARM, older x86: not
+    measured). torch.fft has no bf16 on the CPU, hence fp32 only."""
     if choice == "on" and (device.type != "cpu" or bf16):
         raise ValueError(f"--fft-conv on needs fp32 training on the CPU (this run: {device.type}"
                          f"{', bf16 autocast on' if bf16 else ''}); use --fft-conv auto or off"

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import nets
 from clviz import fftconv
 from clviz.fftconv import fft_conv2d
 from nets import LeNetsPP
@@ -32,6 +33,14 @@ def test_the_fft_convolution_is_the_written_out_sum():
     torch.manual_seed(0)
     x, w = torch.randn(2, 3, 7, 7, dtype=torch.float64), torch.randn(4, 3, 5, 5, dtype=torch.float64)
     assert torch.allclose(fft_conv2d(x, w), loop_conv(x, w), atol=1e-10)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_non_square_maps_and_other_kernel_sizes_match_the_direct_conv(k):
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 3, 7, 6, dtype=torch.float64), torch.randn(4, 3, k, k, dtype=torch.float64)
+    assert torch.allclose(fft_conv2d(x, w), F.conv2d(x, w, padding=k // 2), atol=1e-10)
+    assert torch.allclose(fft_conv2d(x[..., :5, :], w), F.conv2d(x[..., :5, :], w, padding=k // 2), atol=1e-10)
 
 
 def test_the_fft_convolutions_gradients_pass_gradcheck():
@@ -75,9 +84,15 @@ def test_channels_last_in_channels_last_out():
     assert grad_x.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_a_kernel_it_cannot_do_is_one_clear_error():
+def test_what_it_cannot_do_is_one_clear_error():
     with pytest.raises(ValueError, match="odd square kernel"):
         fft_conv2d(torch.zeros(1, 3, 8, 8), torch.zeros(4, 3, 4, 4))
+    with pytest.raises(ValueError, match=r"a batch \(B, C, H, W\)"):
+        fft_conv2d(torch.zeros(3, 8, 8), torch.zeros(4, 3, 5, 5))
+    with pytest.raises(ValueError, match="float32 or float64 .* got torch.bfloat16"):
+        fft_conv2d(torch.zeros(1, 3, 8, 8, dtype=torch.bfloat16), torch.zeros(4, 3, 5, 5, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="must index bias-free 'same' convs"):
+        LeNetsPP().use_conv_kernel(fft_conv2d, (6,))
 
 
 def test_the_model_trains_the_chosen_convs_through_the_kernel_and_evaluates_directly():
@@ -96,4 +111,14 @@ def test_the_model_trains_the_chosen_convs_through_the_kernel_and_evaluates_dire
     with torch.no_grad():
         model(images)  # evaluation: the direct kernel
     assert calls == []
-    assert set(LeNetsPP().state_dict()) == set(model.state_dict())  # checkpoints unchanged
+
+
+def test_the_swappable_conv_keeps_the_checkpoint_format(monkeypatch):
+    """A LeNets++ built from plain nn.Conv2d (as before the swappable kernel) loads into today's, and back."""
+    ours = LeNetsPP()
+    monkeypatch.setattr(nets, "Conv2d", torch.nn.Conv2d)
+    plain = nets.LeNetsPP()
+    assert {type(m) for m in plain.modules() if isinstance(m, torch.nn.Conv2d)} == {torch.nn.Conv2d}
+    ours.load_state_dict(plain.state_dict())
+    plain.load_state_dict(ours.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), plain.state_dict().values()))

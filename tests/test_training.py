@@ -52,8 +52,11 @@ def test_fused_prelu_epoch_matches_the_reference_loop(compiler):
     assert_same_as_reference(cfg, run_speed)
 
 
-def test_fft_conv_epoch_matches_the_reference_loop():
-    cfg = textbook(Config(), batch_size=50, lr=0.001, center_loss_weight=0.3, fft_conv="on")
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fft_conv_epoch_matches_the_reference_loop(channels_last):
+    # batch 70 of 300 images: the last batch is a short one
+    cfg = textbook(Config(), batch_size=70, lr=0.001, center_loss_weight=0.3, fft_conv="on",
+                   channels_last="on" if channels_last else "off")
     run_speed = speedlib.resolve_speed(cfg, torch.device("cpu"))
     assert run_speed.fft_conv and "FFT convs on" in run_speed.describe()
     _, parts, _ = app_epochs(cfg, run_speed)
