@@ -113,8 +113,8 @@ class Config:
     fused_prelu: str = opt("auto", "compile PReLU into one fused kernel (torch.compile, needs a C++ compiler): "
                            "auto = on for CPU runs of 1000+ steps, falling back to eager if it cannot compile",
                            choices=AUTO_ON_OFF)
-    fft_conv: str = opt("auto", "train the convs after the first through the FFT (fewer operations, same maths up "
-                        "to rounding): auto = on for fp32 CPU runs on AVX2 x86 CPUs (not AVX-512)", choices=AUTO_ON_OFF)
+    fft_conv: str = opt("auto", "train the four 14x14 and 7x7 convs through the FFT (fewer operations, same maths "
+                        "up to rounding): auto = on for fp32 CPU runs on AVX2 x86 CPUs (not AVX-512)", choices=AUTO_ON_OFF)
     folded_eval: str = opt("auto", "evaluate on the CPU with each BatchNorm folded into its conv and oneDNN's blocked "
                            "layout kept between layers: auto = on for fp32 CPU runs", choices=AUTO_ON_OFF)
     num_threads: int = opt(0, "CPU threads for torch; 0 = torch's default (one per physical core)", low=0)

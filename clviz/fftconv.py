@@ -76,11 +76,33 @@ def frequency_major(spectrum: torch.Tensor) -> torch.Tensor:
     return spectrum.permute(2, 3, 0, 1).reshape(n * nf, batch, channels).contiguous()
 
 
+def inverse_transforms(n: int, height: int, width: int, dtype: torch.dtype, device: torch.device) -> tuple:
+    """(R (height, n), Q (width, n // 2 + 1)): the inverse rfft2 at the kept outputs only,
+    y[i, j] = Re(sum_{f,g} R[i, f] Z[f, g] Q[j, g]), R[i, f] = exp(2 pi i f i / n),
+    Q[j, g] = c_g exp(2 pi i g j / n) / n^2 (c_g as in kernel_transforms)."""
+    half = n // 2 + 1
+    rows = torch.exp(2j * math.pi * torch.arange(height, dtype=torch.float64)[:, None] * torch.arange(n) / n)
+    pairs = torch.full((half,), 2.0, dtype=torch.float64)
+    pairs[0] = 1.0
+    if n % 2 == 0:
+        pairs[-1] = 1.0
+    cols = torch.exp(2j * math.pi * torch.arange(width, dtype=torch.float64)[:, None] * torch.arange(half) / n)
+    return rows.to(dtype=dtype, device=device), (cols * pairs / (n * n)).to(dtype=dtype, device=device)
+
+
 def spatial(mixed: torch.Tensor, n: int, height: int, width: int) -> torch.Tensor:
-    """(n * nf, B, C) spectra -> (B, C, height, width) real, contiguous."""
+    """(n * nf, B, C) spectra -> (B, C, height, width) real, contiguous.
+
+    Two matrix products instead of torch.fft.irfft2: they compute only the kept
+    outputs, read the frequency-major layout as it is, and give the same bits
+    with any number of threads (MKL's inverse FFT did not: 1 and 2 threads
+    differed in the last bit, so a sweep's members would not reproduce across
+    --workers)."""
     _, batch, channels = mixed.shape
-    spectrum = mixed.reshape(n, n // 2 + 1, batch, channels).permute(2, 3, 0, 1).contiguous()
-    return torch.fft.irfft2(spectrum, s=(n, n))[..., :height, :width].contiguous()
+    rows, cols = inverse_transforms(n, height, width, mixed.dtype, mixed.device)
+    along_h = rows @ mixed.view(n, -1)                                            # (height, nf * B * C)
+    both = torch.matmul(cols, along_h.view(height, n // 2 + 1, batch * channels))  # (height, width, B * C)
+    return both.real.view(height, width, batch, channels).permute(2, 3, 0, 1).contiguous()
 
 
 class FFTConv2d(torch.autograd.Function):

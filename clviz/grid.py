@@ -84,7 +84,9 @@ def render_grid_frame(sweep_dir: str, meta: dict, epoch: int, last_epoch: int, p
                       max_points: Optional[int], regions: bool) -> str:
     """plan: per member (npz path or None, limits or None, stopped_text)."""
     rows, columns = layout(meta)
-    fig = Figure(figsize=(PANEL_INCHES * columns + 1.2, PANEL_INCHES * rows + 0.9), dpi=80)
+    # Constrained layout measures the two-line panel titles when the PNG is drawn, which keeps
+    # them off the row above (tight_layout on a canvas-less Figure let them overlap it).
+    fig = Figure(figsize=(PANEL_INCHES * columns + 1.2, PANEL_INCHES * rows + 0.9), dpi=80, layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.set_xticks([])
@@ -129,7 +131,6 @@ def render_grid_frame(sweep_dir: str, meta: dict, epoch: int, last_epoch: int, p
         dataset = dataset or str(emb.get("dataset", ""))
     seed = f"  ·  seed {meta['seed_shown']} of each setting" if "seed_shown" in meta else ""
     fig.suptitle(f"epoch {epoch}/{last_epoch}  ·  test features" + (f"  ·  {dataset}" if dataset else "") + seed, fontsize=13)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
     with atomic_path(Path(out_path)) as tmp:
         fig.savefig(tmp, format="png")
     return out_path

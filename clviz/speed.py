@@ -142,11 +142,12 @@ def resolve_speed(cfg: Config, device: torch.device, train_steps: Optional[int] 
 # Which of LeNets++'s six convs train through the FFT (indices into LeNetsPP.convs()).
 # Forward + backward per batch of 100, direct (oneDNN) against FFT, on a 2-core
 # AVX2 CPU in fp32, where the direct convs already run at ~200 GFLOP/s, the
-# cores' FMA peak: 32->32 at 28x28 64.3 -> 57.4 ms, 32->64 at 14x14 30.7 -> 21.7,
-# 64->64 at 14x14 59.6 -> 35.9, 64->128 at 7x7 30.5 -> 27.4, 128->128 at 7x7
-# 59.6 -> 41.0. The first conv (one input channel: no channel mixing to save)
-# stays direct: 8.5 against 29.4 ms. The whole step: 297 -> 235 ms.
-FFT_CONV_LAYERS = (1, 2, 3, 4, 5)
+# cores' FMA peak: 32->64 at 14x14 31.5 -> 24.1 ms, 64->64 at 14x14 59.6 -> 36.7,
+# 64->128 at 7x7 30.6 -> 24.2, 128->128 at 7x7 59.8 -> 38.4. The two 28x28 convs
+# stay direct: 32->32 64.9 against 73.0 ms (its spectra are 4x larger to move),
+# and 1->32 8.4 against 26.8 (one input channel: no channel mixing to save).
+# The whole step: ~304 -> 233 ms.
+FFT_CONV_LAYERS = (2, 3, 4, 5)
 
 
 def resolve_fft_conv(choice: str, device: torch.device, bf16: bool) -> bool:

@@ -65,6 +65,24 @@ def test_each_lenets_conv_and_its_gradients_match_the_direct_conv_in_fp32(in_cha
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
 
 
+def test_the_same_bits_with_one_thread_and_with_two():
+    """A sweep's members train with fewer threads under --workers and must reproduce the sequential sweep."""
+    torch.manual_seed(0)
+    x = torch.randn(30, 64, 14, 14, requires_grad=True)
+    w = torch.randn(64, 64, 5, 5, requires_grad=True)
+    grad_y = torch.randn(30, 64, 14, 14)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            y = fft_conv2d(x, w)
+            results.append((y, *torch.autograd.grad(y, (x, w), grad_y)))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 def test_a_transform_too_small_to_hold_the_padding_would_be_caught(monkeypatch):
     """The comparison above can fail: one size short, the circular convolution wraps into the kept outputs."""
     torch.manual_seed(0)
