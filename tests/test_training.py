@@ -52,7 +52,7 @@ def test_fused_prelu_epoch_matches_the_reference_loop(compiler):
     assert_same_as_reference(cfg, run_speed)
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("channels_last", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_fft_conv_epoch_matches_the_reference_loop(channels_last):
     # batch 70 of 300 images: the last batch is a short one
     cfg = textbook(Config(), batch_size=70, lr=0.001, center_loss_weight=0.3, fft_conv="on",
@@ -94,8 +94,11 @@ def test_paper_mode_moves_centers_by_eq4_only():
     assert torch.allclose(parts.center_loss.centers, expected.centers, atol=1e-5)
 
 
-@pytest.mark.parametrize("extra", [dict(center_update="sgd", grad_clip=1.0), dict(center_update="paper"),
-                                   dict(center_loss_delay=0.5, center_loss_ramp=1.0)])  # lambda changes every step
+# The quick subset (under a minute) keeps the first; the full suite runs all three.
+@pytest.mark.parametrize("extra", [dict(center_update="sgd", grad_clip=1.0),
+                                   pytest.param(dict(center_update="paper"), marks=pytest.mark.slow),
+                                   pytest.param(dict(center_loss_delay=0.5, center_loss_ramp=1.0),  # lambda changes every step
+                                                marks=pytest.mark.slow)])
 def test_graphed_step_path_is_the_eager_step(extra):
     """On the CPU the graph path runs without recording: warm-up, fixed index
     buffer, persistent sums, recapture on a new lr, eager short batches — it must
