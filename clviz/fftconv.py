@@ -48,6 +48,16 @@ def fft_size(length: int, padding: int) -> int:
         n += 1
 
 
+def pair_weights(n: int) -> torch.Tensor:
+    """c_g (n // 2 + 1,) float64: 1 for the columns an rfft holds once (g = 0, and
+    g = n / 2 when n is even), 2 for those that stand for a conjugate pair."""
+    pairs = torch.full((n // 2 + 1,), 2.0, dtype=torch.float64)
+    pairs[0] = 1.0
+    if n % 2 == 0:
+        pairs[-1] = 1.0
+    return pairs
+
+
 def kernel_transforms(n: int, k: int, dtype: torch.dtype, device: torch.device) -> tuple:
     """(E (F, k*k), D (k*k, F)), F = n * (n // 2 + 1) frequencies (f, g), taps (u, v), p = k // 2.
 
@@ -56,17 +66,12 @@ def kernel_transforms(n: int, k: int, dtype: torch.dtype, device: torch.device) 
         E[(f, g), (u, v)] = e(f, u) e(g, v),  e(f, u) = exp(2 pi i f (u - p) / n)
         K = E w   (= conj(rfft2(w, n)) times the shift S)
         D[(u, v), (f, g)] = conj(e(f, u) e(g, v)) c_g / n^2,   dL/dw = Re(D M)
-    where c_g = 1 for the columns an rfft holds once (g = 0, and g = n / 2 when n
-    is even) and 2 for those that stand for a conjugate pair."""
+    with c_g from pair_weights."""
     taps = torch.arange(k, dtype=torch.float64) - k // 2
     e = torch.exp(2j * math.pi * torch.arange(n, dtype=torch.float64)[:, None] * taps / n)  # (n, k)
     half = n // 2 + 1
     to_spectrum = (e[:, None, :, None] * e[None, :half, None, :]).reshape(n * half, k * k)
-    pairs = torch.full((half,), 2.0, dtype=torch.float64)
-    pairs[0] = 1.0
-    if n % 2 == 0:
-        pairs[-1] = 1.0
-    from_spectrum = (to_spectrum.conj() * pairs.repeat(n)[:, None]).T / (n * n)
+    from_spectrum = (to_spectrum.conj() * pair_weights(n).repeat(n)[:, None]).T / (n * n)
     return to_spectrum.to(dtype=dtype, device=device), from_spectrum.to(dtype=dtype, device=device)
 
 
@@ -79,19 +84,15 @@ def frequency_major(spectrum: torch.Tensor) -> torch.Tensor:
 def inverse_transforms(n: int, height: int, width: int, dtype: torch.dtype, device: torch.device) -> tuple:
     """(R (height, n), Q (width, n // 2 + 1)): the inverse rfft2 at the kept outputs only,
     y[i, j] = Re(sum_{f,g} R[i, f] Z[f, g] Q[j, g]), R[i, f] = exp(2 pi i f i / n),
-    Q[j, g] = c_g exp(2 pi i g j / n) / n^2 (c_g as in kernel_transforms)."""
-    half = n // 2 + 1
+    Q[j, g] = c_g exp(2 pi i g j / n) / n^2 (c_g from pair_weights)."""
     rows = torch.exp(2j * math.pi * torch.arange(height, dtype=torch.float64)[:, None] * torch.arange(n) / n)
-    pairs = torch.full((half,), 2.0, dtype=torch.float64)
-    pairs[0] = 1.0
-    if n % 2 == 0:
-        pairs[-1] = 1.0
-    cols = torch.exp(2j * math.pi * torch.arange(width, dtype=torch.float64)[:, None] * torch.arange(half) / n)
-    return rows.to(dtype=dtype, device=device), (cols * pairs / (n * n)).to(dtype=dtype, device=device)
+    cols = torch.exp(2j * math.pi * torch.arange(width, dtype=torch.float64)[:, None] * torch.arange(n // 2 + 1) / n)
+    return rows.to(dtype=dtype, device=device), (cols * pair_weights(n) / (n * n)).to(dtype=dtype, device=device)
 
 
-def spatial(mixed: torch.Tensor, n: int, height: int, width: int) -> torch.Tensor:
-    """(n * nf, B, C) spectra -> (B, C, height, width) real, contiguous.
+def spatial(mixed: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(n * nf, B, C) spectra -> (B, C, height, width) real, contiguous, with
+    (rows, cols) = inverse_transforms(n, height, width, ...).
 
     Two matrix products instead of torch.fft.irfft2: they compute only the kept
     outputs, read the frequency-major layout as it is, and give the same bits
@@ -99,9 +100,9 @@ def spatial(mixed: torch.Tensor, n: int, height: int, width: int) -> torch.Tenso
     differed in the last bit, so a sweep's members would not reproduce across
     --workers)."""
     _, batch, channels = mixed.shape
-    rows, cols = inverse_transforms(n, height, width, mixed.dtype, mixed.device)
+    (height, n), (width, half) = rows.shape, cols.shape
     along_h = rows @ mixed.view(n, -1)                                            # (height, nf * B * C)
-    both = torch.matmul(cols, along_h.view(height, n // 2 + 1, batch * channels))  # (height, width, B * C)
+    both = torch.matmul(cols, along_h.view(height, half, batch * channels))       # (height, width, B * C)
     return both.real.view(height, width, batch, channels).permute(2, 3, 0, 1).contiguous()
 
 
@@ -114,25 +115,26 @@ class FFTConv2d(torch.autograd.Function):
         out_channels, in_channels, k, _ = weight.shape
         padding = k // 2
         n = fft_size(max(height, width), padding)
-        to_spectrum, from_spectrum = kernel_transforms(n, k, torch.complex128 if x.dtype == torch.float64
-                                                       else torch.complex64, x.device)
+        dtype = torch.complex128 if x.dtype == torch.float64 else torch.complex64
+        to_spectrum, from_spectrum = kernel_transforms(n, k, dtype, x.device)
+        rows, cols = inverse_transforms(n, height, width, dtype, x.device)
         xs = frequency_major(torch.fft.rfft2(x, s=(n, n)))                                    # (F, B, C)
         taps = weight.permute(2, 3, 1, 0).reshape(k * k, in_channels * out_channels)
-        ks = (to_spectrum @ taps.to(to_spectrum.dtype)).view(-1, in_channels, out_channels)  # (F, C, O)
-        y = spatial(torch.bmm(xs, ks), n, height, width)
-        ctx.save_for_backward(xs, ks, from_spectrum)
-        ctx.sizes = (n, k, height, width)
+        ks = (to_spectrum @ taps.to(dtype)).view(-1, in_channels, out_channels)              # (F, C, O)
+        y = spatial(torch.bmm(xs, ks), rows, cols)
+        ctx.save_for_backward(xs, ks, from_spectrum, rows, cols)
+        ctx.sizes = (n, k)
         return y.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
-        xs, ks, from_spectrum = ctx.saved_tensors
-        n, k, height, width = ctx.sizes
+        xs, ks, from_spectrum, rows, cols = ctx.saved_tensors
+        n, k = ctx.sizes
         gs = frequency_major(torch.fft.rfft2(grad_y, s=(n, n)))                               # (F, B, O)
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = spatial(torch.bmm(gs, ks.mH), n, height, width)
+            grad_x = spatial(torch.bmm(gs, ks.mH), rows, cols)
             if is_channels_last(grad_y):
                 grad_x = grad_x.contiguous(memory_format=torch.channels_last)
         grad_k = None
