@@ -92,6 +92,9 @@ class Config:
                                    low=0.0)
     center_loss_ramp: float = opt(1.0, "epochs over which lambda then rises linearly from 0 to its value (0 = at once)",
                                   low=0.0)
+    short_run: str = opt("auto", "auto: a new run planned with fewer than 1,200 steps trains in smaller batches (down to "
+                         "25) at lr 0.05 with a short lr and lambda warm-up, each only where the field is at its "
+                         "default, so the warm-up has steps to work in; off = as given", choices=("auto", "off"))
     center_update: str = opt("sgd", "how centers move: 'sgd' (own optimizer, lambda-independent) or 'paper' (Eq. 4)",
                              choices=("sgd", "paper"))
     center_lr: float = opt(0.5, "learning rate of the centers' SGD optimizer ('sgd' update)", low=0.0, low_open=True)
@@ -157,6 +160,48 @@ class SweepSpread:
 def augments(cfg: Config) -> bool:
     """Whether any random augmentation of the training images is on."""
     return cfg.augment_shift > 0 or cfg.augment_rotate > 0 or cfg.augment_scale > 0
+
+
+# A run needs about this many steps for softmax to separate the classes before the
+# pull starts and for the head to follow the clusters after it (README, "Short runs").
+SHORT_RUN_STEPS, SHORT_RUN_MIN_BATCH = 1200, 25
+# What a short run changes, field by field, where the field is still at its default.
+SHORT_RUN_RECIPE = dict(lr=0.05, lr_warmup=0.3, center_loss_ramp=0.5)
+
+
+def planned_steps(cfg: Config, train_images: int, batch_size: Optional[int] = None) -> int:
+    """Training steps of the whole run: epochs * ceil(images / batch)."""
+    return cfg.epochs * math.ceil(train_images / (batch_size or cfg.batch_size))
+
+
+def for_short_run(cfg: Config, train_images: int) -> tuple[Config, dict]:
+    """`cfg` fitted to a run too short for the defaults (Config.short_run), and what
+    changed, {field: (old, new)}. The batch shrinks until the run has SHORT_RUN_STEPS
+    steps (never below SHORT_RUN_MIN_BATCH); SHORT_RUN_RECIPE's fields follow. Only
+    fields still at their default change: what the user set stays."""
+    defaults = Config()
+    if cfg.short_run == "off" or cfg.batch_size != defaults.batch_size or planned_steps(cfg, train_images) >= SHORT_RUN_STEPS:
+        return cfg, {}
+    batch = max(SHORT_RUN_MIN_BATCH, min(cfg.batch_size, (train_images * cfg.epochs) // SHORT_RUN_STEPS))
+    wanted = dict(batch_size=batch, **SHORT_RUN_RECIPE)
+    changes = {key: value for key, value in wanted.items() if getattr(cfg, key) == getattr(defaults, key)}
+    tuned = build(changes, base=cfg)
+    return tuned, {key: (getattr(cfg, key), value) for key, value in changes.items() if getattr(cfg, key) != value}
+
+
+def warmup_warning(cfg: Config, train_images: int) -> Optional[str]:
+    """One line when the run is too short for the lambda warm-up to work, naming the fix; else None."""
+    if cfg.center_loss_weight == 0:
+        return None
+    if cfg.center_loss_delay >= cfg.epochs:
+        return (f"warning: lambda stays 0 for the whole run (center_loss_delay {cfg.center_loss_delay:g} epochs of "
+                f"{cfg.epochs}); give more --epochs or a smaller --center-loss-delay")
+    steps = planned_steps(cfg, train_images)
+    if steps < SHORT_RUN_STEPS:
+        return (f"warning: {steps} training steps are too few for the lambda warm-up (about {SHORT_RUN_STEPS:,} "
+                f"work: the classes must separate before the pull starts); train longer with --epochs "
+                f"{math.ceil(cfg.epochs * SHORT_RUN_STEPS / steps)} or on more images, or expect loose, misplaced clusters")
+    return None
 
 
 def field_names() -> list[str]:

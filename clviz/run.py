@@ -133,6 +133,14 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
             recipe_note = ("tuned for the 4,000-image sample with configs/mnist_sample.yaml: "
                            + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
                            + " (--sample-recipe false keeps the defaults)")
+    short_note = ""
+    if checkpoint is None:  # a resumed run keeps the config it started with
+        cfg, changed = configlib.for_short_run(cfg, len(dataset.train))
+        if changed:
+            short_note = (f"short run ({configlib.planned_steps(cfg, len(dataset.train), Config().batch_size)} steps "
+                          "of 100 images): " + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
+                          + f" for {configlib.planned_steps(cfg, len(dataset.train)):,} steps (--short-run off keeps the defaults)")
+    warning = configlib.warmup_warning(cfg, len(dataset.train)) if checkpoint is None else None
     data_signature = datalib.signature(dataset)
     if checkpoint is not None:
         check_same_data(run_dir, cfg, checkpoint.get("data"), data_signature)
@@ -165,7 +173,7 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
         runfiles.write_metrics(run_dir, metrics)  # drop any row newer than the checkpoint
 
     try:
-        runfiles.write_config(run_dir, configlib.to_dict(cfg), comment=recipe_note)
+        runfiles.write_config(run_dir, configlib.to_dict(cfg), comment="; ".join(filter(None, (recipe_note, short_note))))
     except runfiles.DiskFull as err:
         os.close(lock)
         if checkpoint is None:  # an empty folder would only block the next attempt
@@ -180,8 +188,9 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
         f"({len(dataset.train):,} train / {len(dataset.test):,} test images)")
     if dataset.notice:
         log(f"notice: {dataset.notice}")
-    if recipe_note:
-        log(recipe_note)
+    for line in (recipe_note, short_note, warning):
+        if line:
+            log(line)
     log("config:\n  " + configlib.to_yaml(cfg).strip().replace("\n", "\n  "), console=False)
     log(f"config: {config_changes(cfg)} (all of it in {run_dir / runfiles.CONFIG})")
     runner = EpochRunner(parts, dataset.train, cfg, speed)

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from clviz import cluster, grid, report, run, runfiles, workers
 from clviz import config as configlib
 from clviz import member as memberlib
@@ -128,6 +130,8 @@ def train_sweep(args, resume_dir, spread, ray) -> int:
     where = (f", on the Ray cluster at {spread.ray_address}" if spread.ray_address else
              f", {spread.workers} at a time" if spread.workers > 1 else "")
     print(f"sweep {sweep_dir}: {len(members)} members, {base.epochs} epochs each{where}")
+    if spread.workers > 1 and base.num_threads == 0:
+        print(thread_note(workers.threads_per_worker(spread.workers), torch.get_num_threads()))
     try:
         if spread.ray_address or spread.workers > 1:
             code = train_spread(sweep_dir, base, members, overrides, previous, spread, ray)
@@ -156,6 +160,15 @@ def train_sweep(args, resume_dir, spread, ray) -> int:
               file=sys.stderr)
         return run.EXIT_FAULT
     return 0
+
+
+def thread_note(member_threads: int, alone_threads: int) -> str:
+    """What a split of the CPU threads means for the results (README, "Members in parallel")."""
+    if member_threads == alone_threads:
+        return f"each member trains on {member_threads} CPU thread{'s' if member_threads != 1 else ''}, as it would alone"
+    return (f"each member trains on {member_threads} of the {alone_threads} CPU threads a member alone would use: the "
+            "metrics then match a one-after-another sweep to the last bit only on thread-count-independent paths "
+            f"(fp32 FFT convs on AVX2); add --num-threads {member_threads} to both for the same bits on any CPU")
 
 
 def check_work_left(sweep_dir: Path, members: list, epochs: int) -> None:

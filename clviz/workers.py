@@ -40,7 +40,7 @@ def train_in_workers(sweep_dir, base, todo: list, overrides: dict, workers: int,
     """Train the members `todo` in up to `workers` processes; `on_done(member, code)` as each ends.
     Returns 0, or the stop code after Ctrl-C / SIGTERM."""
     context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-    threads = threads_per_worker(workers)
+    threads = base.num_threads or threads_per_worker(workers)  # what the member will use (member.py)
     queue = [(member, 0) for member in todo]
     running = {}  # sentinel -> (process, member, tries)
     base_dict = configlib.to_dict(base)

@@ -161,3 +161,35 @@ def test_duplicate_keys_and_foreign_encodings_name_the_file(tmp_path):
     latin.write_bytes("# r\xe9sum\xe9\nepochs: 3\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin.yaml.*not UTF-8"):
         resolve(["--config", str(latin)])
+
+
+def test_a_short_run_gets_small_batches_and_the_short_recipe():
+    """10,000 images x 3 epochs are 300 steps of 100: too few for the warm-up, so 1,200 steps of 25."""
+    tuned, changed = configlib.for_short_run(Config(epochs=3), 10_000)
+    assert (tuned.batch_size, tuned.lr, tuned.lr_warmup, tuned.center_loss_ramp) == (25, 0.05, 0.3, 0.5)
+    assert changed == {"batch_size": (100, 25), "lr": (0.01, 0.05), "lr_warmup": (0.0, 0.3), "center_loss_ramp": (1.0, 0.5)}
+    assert configlib.planned_steps(tuned, 10_000) == 1200
+    assert configlib.for_short_run(Config(epochs=3), 20_000)[0].batch_size == 50  # only as small as needed
+
+
+def test_the_short_run_rule_keeps_what_the_user_set_and_long_runs():
+    assert configlib.for_short_run(Config(epochs=3, lr=0.02), 10_000)[0].lr == 0.02
+    assert configlib.for_short_run(Config(epochs=3, batch_size=50), 10_000) == (Config(epochs=3, batch_size=50), {})
+    assert configlib.for_short_run(Config(epochs=3, short_run="off"), 10_000)[1] == {}
+    assert configlib.for_short_run(Config(), 60_000)[1] == {}  # the default full-MNIST run is unchanged
+    assert configlib.for_short_run(Config(epochs=2), 60_000)[1] == {}  # 1,200 steps: enough
+    seed = configlib.build(configlib.read_yaml(REPO / "configs" / "seed.yaml"))
+    assert configlib.for_short_run(seed, 60_000)[1] == {}
+    sample = configlib.build(configlib.read_yaml(REPO / "configs" / "mnist_sample.yaml"))
+    assert configlib.for_short_run(sample, 4_000)[1] == {}  # the sample's recipe is fitted to its 600 steps
+    assert configlib.for_short_run(Config(epochs=1), 100)[0].batch_size == 25  # never below 25
+
+
+def test_a_run_too_short_for_the_warm_up_says_so_with_the_fix():
+    assert configlib.warmup_warning(Config(), 60_000) is None
+    assert configlib.warmup_warning(Config(epochs=3, batch_size=25), 10_000) is None
+    few = configlib.warmup_warning(Config(epochs=2, batch_size=50), 10_000)
+    assert "400 training steps are too few" in few and "--epochs 6" in few
+    never = configlib.warmup_warning(Config(epochs=1), 60_000)
+    assert "lambda stays 0 for the whole run" in never and "--epochs" in never
+    assert configlib.warmup_warning(Config(epochs=1, center_loss_weight=0.0), 60_000) is None  # no pull to warm up

@@ -10,7 +10,7 @@ import torch
 from clviz import speed as speedlib
 from clviz.config import Config
 from clviz.data import Split
-from clviz.training import evaluate
+from clviz.training import StepBuffers, build_parts, evaluate, forward_backward, update_and_record
 from nets import LeNetsPP
 
 
@@ -151,3 +151,39 @@ def test_folded_evaluation_switch():
     assert not speedlib.resolve_speed(Config(folded_eval="off"), cpu, 10).folded_eval
     with pytest.raises(ValueError, match="--folded-eval on needs the CPU"):
         speedlib.resolve_speed(Config(folded_eval="on", device="mps"), torch.device("mps"), 10)
+
+
+def three_steps(cfg: Config, threads: int) -> list:
+    """The network's weights after three training steps on fixed random data, at `threads` torch threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        speed = speedlib.resolve_speed(cfg, torch.device("cpu"), train_steps=3)
+        torch.manual_seed(0)
+        parts = build_parts(cfg, torch.device("cpu"), speed)
+        generator = torch.Generator().manual_seed(1)
+        train = Split(torch.randn(150, 1, 28, 28, generator=generator), torch.randint(0, 10, (150,), generator=generator))
+        buffers = StepBuffers(train, cfg.feat_dim)
+        for step in range(3):
+            index = torch.arange(step * 50, step * 50 + 50)
+            update_and_record(parts, cfg, buffers, index, forward_backward(parts, train, speed, index, torch.tensor(0.1)))
+        return [p.detach().clone() for p in parts.model.parameters()]
+    finally:
+        torch.set_num_threads(before)
+
+
+CPU_PATHS = {"fp32 direct": dict(bf16="off", fft_conv="off"), "fp32 FFT convs": dict(bf16="off", fft_conv="on"),
+             "bf16": dict(bf16="on", fft_conv="off")}
+
+
+@pytest.mark.parametrize("path", CPU_PATHS)
+def test_the_same_thread_count_gives_the_same_bits_on_every_cpu_path(path):
+    """What makes --workers and a one-after-another sweep agree (with --num-threads): a step is a function
+    of its inputs and the thread count alone. The two thread counts below may differ, and on oneDNN's
+    bf16 and AVX-512 paths they do, which this test records rather than hides."""
+    if path == "bf16" and not speedlib.cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16 (emulated: auto never picks it)")
+    cfg = Config(fused_prelu="off", **CPU_PATHS[path])
+    first, again, one_thread = three_steps(cfg, 2), three_steps(cfg, 2), three_steps(cfg, 1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.allclose(a, b, rtol=0.05, atol=5e-3) for a, b in zip(first, one_thread))  # close, maybe not equal
