@@ -131,15 +131,15 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
         cfg, changed = configlib.with_sample_recipe(cfg, explicit)
         if changed:
             recipe_note = ("tuned for the 4,000-image sample with configs/mnist_sample.yaml: "
-                           + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
-                           + " (--sample-recipe false keeps the defaults)")
+                           + changes_text(changed) + " (--sample-recipe false keeps the defaults)")
     short_note = ""
     if checkpoint is None:  # a resumed run keeps the config it started with
         cfg, changed = configlib.for_short_run(cfg, len(dataset.train))
         if changed:
-            short_note = (f"short run ({configlib.planned_steps(cfg, len(dataset.train), Config().batch_size)} steps "
-                          "of 100 images): " + ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
-                          + f" for {configlib.planned_steps(cfg, len(dataset.train)):,} steps (--short-run off keeps the defaults)")
+            given_batch = changed["batch_size"][0]
+            short_note = (f"short run ({configlib.planned_steps(cfg, len(dataset.train), given_batch)} steps of "
+                          f"{given_batch} images): {changes_text(changed)} for "
+                          f"{configlib.planned_steps(cfg, len(dataset.train)):,} steps (--short-run off keeps the defaults)")
     warning = configlib.warmup_warning(cfg, len(dataset.train)) if checkpoint is None else None
     data_signature = datalib.signature(dataset)
     if checkpoint is not None:
@@ -196,6 +196,11 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
     runner = EpochRunner(parts, dataset.train, cfg, speed)
     return Session(cfg, run_dir, device, speed, dataset, parts, runner, generator, start_epoch, metrics, log,
                    data_signature, lock, tensorboard_log.open_log(cfg.tensorboard, run_dir))
+
+
+def changes_text(changed: dict) -> str:
+    """{field: (old, new)} as 'field old -> new, ...' (what a recipe changed, for the log and config.yaml)."""
+    return ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
 
 
 def check_same_data(run_dir: Path, cfg: Config, saved: Optional[dict], found: dict) -> None:
