@@ -47,6 +47,10 @@ class Config:
     sample_recipe: bool = opt(True, "on that fallback, take configs/mnist_sample.yaml's settings (tuned for 4,000 "
                               "images) for every field that neither --config nor a flag sets")
     train_subset: Optional[int] = opt(None, "train on the first N training images only (quick runs, tests); null = all", low=1)
+    unknown_classes: Optional[str] = opt(None, "open-set: classes held out of training and shown at test time as "
+                                         "unknowns, e.g. '8,9' (a YAML list works too); null = none")
+    verify_pairs: int = opt(3000, "verification: genuine and as many impostor test pairs, drawn once per run, scored "
+                            "every epoch (from the unknown classes when some are held out); 0 = off", low=0)
     input_mean: Optional[float] = opt(None, "normalise pixels (0..1) as (p - mean) / std with this mean; null = the dataset's own")
     input_std: Optional[float] = opt(None, "... and this std; null = the dataset's own", low=0.0, low_open=True)
     # --- model ---
@@ -234,6 +238,8 @@ def coerce(name: str, value: Any, *, from_text: bool = False) -> Any:
         if nullable:
             return None
         raise ConfigError(f"config key {name!r} cannot be null; expected {tp.__name__}")
+    if name == "unknown_classes":
+        return class_list_text(value)
     try:
         if tp is bool:
             if from_text and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
@@ -266,6 +272,34 @@ def coerce(name: str, value: Any, *, from_text: bool = False) -> Any:
     if too_low or (high is not None and value > high):
         raise ConfigError(f"config key {name!r} must be {_range_text(meta)}; got {value}")
     return value
+
+
+NUM_CLASSES = 10  # every dataset here has ten classes
+
+
+def class_list_text(value: Any) -> str:
+    """unknown_classes in its one written form, '8,9' (sorted, no spaces), from '8, 9', [8, 9] or 8;
+    ConfigError for anything that is not a list of class numbers that leaves two or more known."""
+    items = value if isinstance(value, (list, tuple)) else str(value).replace(" ", "").split(",")
+    try:
+        classes = sorted({int(item) for item in items if str(item) != ""})
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key 'unknown_classes' must be class numbers like 8,9; got {value!r}") from None
+    if not classes:
+        raise ConfigError("config key 'unknown_classes' is empty; give class numbers like 8,9, or null for none")
+    bad = [k for k in classes if not 0 <= k < NUM_CLASSES]
+    if bad:
+        raise ConfigError(f"config key 'unknown_classes': class {bad[0]} does not exist; the classes are 0 to "
+                          f"{NUM_CLASSES - 1}")
+    if NUM_CLASSES - len(classes) < 2:
+        raise ConfigError(f"config key 'unknown_classes' holds out {len(classes)} of {NUM_CLASSES} classes; at least 2 "
+                          "must stay known to train a classifier")
+    return ",".join(map(str, classes))
+
+
+def unknown_classes(cfg: "Config") -> tuple:
+    """The held-out classes as integers, () for none."""
+    return tuple(int(k) for k in cfg.unknown_classes.split(",")) if cfg.unknown_classes else ()
 
 
 def _range_text(meta: dict) -> str:

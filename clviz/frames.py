@@ -66,11 +66,14 @@ def square_limits(limits: Sequence[np.ndarray]) -> np.ndarray:
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     return np.array([cx - half, cx + half, cy - half, cy + half])
 
-def epoch_limits(train_features: np.ndarray, test_features: np.ndarray, centers: np.ndarray) -> np.ndarray:
+def epoch_limits(train_features: np.ndarray, test_features: np.ndarray, centers: np.ndarray,
+                 unknown_features: Optional[np.ndarray] = None) -> np.ndarray:
     """The `limits` an embeddings file stores: of the features as drawn in 2-D
     (for feat_dim > 3 projected by this epoch's own PCA; for 3-D the first two
-    axes, which the 3-D view does not use)."""
-    points = np.concatenate([train_features, test_features]).astype(np.float32)
+    axes, which the 3-D view does not use). Held-out classes' features count too:
+    where they land is what an open-set frame is for."""
+    extra = [] if unknown_features is None else [unknown_features]
+    points = np.concatenate([train_features, test_features, *extra]).astype(np.float32)
     if points.shape[1] > 3:
         projection = fit_pca(test_features)
         points, centers = projection(points), projection(centers)
@@ -139,7 +142,7 @@ def projected(emb: dict, projection: Optional[Projection] = None) -> dict:
     dim = emb["centers"].shape[1]
     projection = projection or fit_pca(emb["test_features"])
     out = dict(emb)
-    for split in SPLITS:
+    for split in SPLITS + (("unknown",) if "unknown_features" in emb else ()):
         out[f"{split}_features"] = projection(emb[f"{split}_features"]).astype(np.float32)
     out["centers"] = projection(emb["centers"]).astype(np.float32)
     out.pop("head_weight", None)
@@ -238,12 +241,63 @@ def unit_vectors(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
-def class_legend(fig: Figure):
-    """The legend every frame shares: one coloured dot per class and the center star, at the right."""
-    handles = [Line2D([], [], linestyle="none", marker="o", markersize=8, color=c, label=str(d))
-               for d, c in enumerate(DIGIT_COLOURS)]
+UNKNOWN_COLOUR = "black"  # held-out classes: one neutral style, no class colour
+
+
+@dataclass(frozen=True)
+class ClassKey:
+    """What a frame's classes look like: their original numbers (colours), names and the
+    unknowns' legend entry. Part of a renderer's cache key: its artists are built for them."""
+    ids: tuple = tuple(range(10))
+    names: tuple = tuple(map(str, range(10)))
+    unknown: Optional[str] = None
+
+    @classmethod
+    def of(cls, emb: dict) -> "ClassKey":
+        ids = class_ids(emb)
+        names = tuple(str(n) for n in emb.get("class_names", ids))
+        return cls(ids, names, unknown_text(emb))
+
+
+def class_ids(emb: dict) -> tuple:
+    """The original class number of each label (0..9 unless classes were held out)."""
+    return tuple(int(k) for k in emb.get("class_ids", range(len(emb["centers"]))))
+
+
+def class_colours(ids: Sequence[int]) -> list:
+    """One fixed colour per original class, so a digit keeps its colour whatever is held out."""
+    return [DIGIT_COLOURS[k] for k in ids]
+
+
+def unknown_text(emb: dict) -> Optional[str]:
+    """The legend entry of the held-out classes, e.g. 'unknown (8, 9)'; None without them."""
+    if "unknown_features" not in emb:
+        return None
+    return f"unknown ({', '.join(str(n) for n in emb.get('unknown_names', ()))})"
+
+
+def threshold_rings(centers: np.ndarray, radius: float) -> tuple:
+    """x, y of one circle of `radius` around each center (NaN between circles: one line artist)."""
+    angle = np.r_[np.linspace(0, 2 * np.pi, 121), np.nan]
+    xs = (centers[:, :1] + radius * np.cos(angle)).ravel()
+    ys = (centers[:, 1:2] + radius * np.sin(angle)).ravel()
+    return xs, ys
+
+
+def class_legend(fig: Figure, names: Sequence[str] = tuple(map(str, range(10))),
+                 colours: Sequence[str] = DIGIT_COLOURS, unknown: Optional[str] = None, rings: bool = False):
+    """The legend every frame shares: one coloured dot per class, the center star and, with
+    held-out classes, their black cross and the threshold rings, at the right."""
+    handles = [Line2D([], [], linestyle="none", marker="o", markersize=8, color=c, label=str(n))
+               for n, c in zip(names, colours)]
     handles.append(Line2D([], [], linestyle="none", marker="*", markersize=13, markerfacecolor="white",
                           markeredgecolor="black", label="center"))
+    if unknown:
+        handles.append(Line2D([], [], linestyle="none", marker="x", markersize=7, markeredgewidth=1.6,
+                              color=UNKNOWN_COLOUR, label=unknown))
+        if rings:
+            handles.append(Line2D([], [], linestyle="--", linewidth=1.0, color="#555555",
+                                  label="known if inside\n(95% of known\ntest digits are)"))
     return fig.legend(handles=handles, loc="center right", title="class", frameon=False)
 
 
@@ -257,8 +311,10 @@ class FrameRenderer:
     lines are the directions of the head's class weights.
     """
 
-    def __init__(self, options: FrameOptions = FrameOptions(), view: str = "plane"):
+    def __init__(self, options: FrameOptions = FrameOptions(), view: str = "plane", classes: "ClassKey" = None):
         self.options, self.view = options, view
+        self.classes = classes = classes or ClassKey()
+        colours = class_colours(classes.ids)
         self.splits = tuple(options.splits)
         panels = len(self.splits) + (view == "angular")
         # A Figure with its own Agg canvas: no pyplot, so no global backend or figure registry.
@@ -266,7 +322,7 @@ class FrameRenderer:
         FigureCanvasAgg(self.fig)
         axes = self.fig.subplots(1, panels, squeeze=False)
         self.axes = dict(zip(self.splits, axes[0]))
-        self.points, self.centers, self.regions = {}, {}, {}
+        self.points, self.centers, self.regions, self.unknowns, self.rings = {}, {}, {}, {}, {}
         for split, ax in self.axes.items():
             ax.set_aspect("equal", adjustable="box")
             ax.set_xlabel("feature 1" if view == "plane" else "feature 1 / ‖feature‖")
@@ -278,11 +334,18 @@ class FrameRenderer:
             # On the unit circle the points pile up along one line: bigger markers keep the colours readable.
             size = 1.6 if view == "plane" else 4.0
             self.points[split] = [ax.plot([], [], linestyle="none", marker=".", markersize=size, alpha=0.45,
-                                          color=colour, rasterized=True, zorder=2)[0] for colour in DIGIT_COLOURS]
+                                          color=colour, rasterized=True, zorder=2)[0] for colour in colours]
+            if classes.unknown and split == "test":
+                # Held-out classes (test only): black crosses over the known points, so one sees at a
+                # glance whether they land between the clusters or on top of one.
+                self.unknowns[split] = ax.plot([], [], linestyle="none", marker="x", markersize=3.2 if view == "plane"
+                                               else 4.5, markeredgewidth=0.7, alpha=0.6, color=UNKNOWN_COLOUR,
+                                               rasterized=True, zorder=3)[0]
+                self.rings[split] = ax.plot([], [], linestyle="--", linewidth=1.0, color="#555555", zorder=4)[0]
             # Centers sit on clusters of their own colour: a thick black outline keeps them visible.
             # Small enough not to hide a compact cluster (with center loss they get tight).
-            self.centers[split] = ax.scatter(np.zeros(10), np.zeros(10), s=150, marker="*", c=DIGIT_COLOURS,
-                                             edgecolors="black", linewidths=1.8, zorder=5)
+            self.centers[split] = ax.scatter(np.zeros(len(colours)), np.zeros(len(colours)), s=150, marker="*",
+                                             c=colours, edgecolors="black", linewidths=1.8, zorder=5)
             if view == "angular":
                 draw_unit_circle(ax)
         if view == "angular":
@@ -294,9 +357,13 @@ class FrameRenderer:
             self.hist_ax.grid(True, linewidth=0.4, alpha=0.4)
             self.bins = np.linspace(-180, 180, 145)
             self.hists = [self.hist_ax.stairs(np.zeros(len(self.bins) - 1), self.bins, color=c, linewidth=1.2)
-                          for c in DIGIT_COLOURS]
-            self.weight_lines = [self.hist_ax.axvline(0, color=c, linestyle="--", linewidth=1.0) for c in DIGIT_COLOURS]
-        self.legend = class_legend(self.fig)
+                          for c in colours]
+            if classes.unknown:
+                self.hists.append(self.hist_ax.stairs(np.zeros(len(self.bins) - 1), self.bins, color=UNKNOWN_COLOUR,
+                                                      linewidth=1.4, linestyle=":"))
+            self.weight_lines = [self.hist_ax.axvline(0, color=c, linestyle="--", linewidth=1.0) for c in colours]
+        self.legend = class_legend(self.fig, classes.names, colours, classes.unknown,
+                                   rings=bool(classes.unknown) and view == "plane")
         self.title = self.fig.suptitle("")
         self.fig.subplots_adjust(left=0.06 * 2 / panels, right=1.0 - 1.9 / self.fig.get_figwidth(), top=0.86,
                                  bottom=0.1, wspace=0.25)
@@ -306,6 +373,7 @@ class FrameRenderer:
         dynamic = [self.title]
         for split in self.splits:
             dynamic += [self.regions[split], *self.points[split], self.centers[split]]
+            dynamic += [artist for artist in (self.unknowns.get(split), self.rings.get(split)) if artist is not None]
         if view == "angular":
             dynamic += self.hists + self.weight_lines
         self.dynamic = sorted(dynamic, key=lambda artist: artist.get_zorder())
@@ -325,10 +393,20 @@ class FrameRenderer:
                 line.set_data(mine[:, 0], mine[:, 1])
             centers = emb["centers"][:, :2]
             self.centers[split].set_offsets(unit_vectors(centers) if angular else centers)
+            if split in self.unknowns:
+                unknown = subset_points(emb["unknown_features"], emb["unknown_labels"], self.options.max_points)[0]
+                unknown = unit_vectors(unknown) if angular else unknown
+                self.unknowns[split].set_data(unknown[:, 0], unknown[:, 1])
+                # The open-set threshold as a ring around each center: exact in the feature plane only.
+                ring = not angular and "projection_note" not in emb and "open_threshold" in emb
+                self.rings[split].set_visible(ring)
+                if ring:
+                    self.rings[split].set_data(*threshold_rings(centers, float(emb["open_threshold"])))
             ax = self.axes[split]
             ax.set_xlim(limits[0], limits[1])
             ax.set_ylim(limits[2], limits[3])
-            ax.set_title(f"{split} ({len(labels):,} points)")
+            unknown_count = f" + {len(emb['unknown_labels']):,} unknown" if split in self.unknowns else ""
+            ax.set_title(f"{split} ({len(labels):,}{unknown_count} points)")
             if "projection_note" in emb:
                 ax.set_xlabel("principal component 1")
                 ax.set_ylabel("principal component 2")
@@ -339,14 +417,17 @@ class FrameRenderer:
             show = self.options.regions and weight is not None and weight.shape[1] == 2
             image.set_visible(show)
             if show:
-                image.set_data(decision_regions(limits, head, weight, emb.get("head_bias")))
+                image.set_data(np.asarray(self.classes.ids)[decision_regions(limits, head, weight, emb.get("head_bias"))])
                 image.set_extent(tuple(limits))
         if angular:
             angles = np.degrees(np.arctan2(emb["test_features"][:, 1].astype(np.float32),
                                            emb["test_features"][:, 0].astype(np.float32)))
             top = 0.0
-            for digit, stairs in enumerate(self.hists):
-                mine = angles[emb["test_labels"] == digit]
+            groups = [angles[emb["test_labels"] == k] for k in range(len(self.classes.ids))]
+            if self.classes.unknown:
+                unknown = emb["unknown_features"].astype(np.float32)
+                groups.append(np.degrees(np.arctan2(unknown[:, 1], unknown[:, 0])))
+            for mine, stairs in zip(groups, self.hists):
                 counts = np.histogram(mine, self.bins)[0] / max(len(mine), 1)
                 stairs.set_data(counts)
                 top = max(top, counts.max(initial=0.0))
@@ -356,8 +437,7 @@ class FrameRenderer:
                 line.set_visible(weight is not None)
                 if weight is not None:
                     line.set_xdata([np.degrees(np.arctan2(weight[digit, 1], weight[digit, 0]))] * 2)
-        names = [str(n) for n in emb.get("class_names", range(10))]
-        for text, name in zip(self.legend.get_texts(), names):
+        for text, name in zip(self.legend.get_texts(), ClassKey.of(emb).names):  # e.g. Fashion-MNIST's names
             text.set_text(name)
         self.title.set_text(frame_title(emb))
         self.render()
@@ -409,13 +489,15 @@ class FrameRenderer3D:
     sphere, drawn as a faint wire frame, with the directions of the head's
     class weights as dashed lines from the origin."""
 
-    def __init__(self, options: FrameOptions = FrameOptions(), view: str = "plane"):
+    def __init__(self, options: FrameOptions = FrameOptions(), view: str = "plane", classes: "ClassKey" = None):
         self.options, self.view = options, view
+        self.classes = classes = classes or ClassKey()
+        colours = class_colours(classes.ids)
         self.splits = tuple(options.splits)
         panels = len(self.splits)
         self.fig = Figure(figsize=(5.6 * panels + 1.6, 6.0), dpi=80)
         FigureCanvasAgg(self.fig)
-        self.axes, self.points, self.centers, self.weights = {}, {}, {}, {}
+        self.axes, self.points, self.centers, self.weights, self.unknowns = {}, {}, {}, {}, {}
         for index, split in enumerate(self.splits):
             ax = self.fig.add_subplot(1, panels, index + 1, projection="3d")
             ax.set_box_aspect((1, 1, 1))
@@ -423,17 +505,20 @@ class FrameRenderer3D:
                 axis.set_label_text(name if view == "plane" else f"{name} / ‖feature‖")
             self.axes[split] = ax
             self.points[split] = [ax.plot([], [], [], linestyle="none", marker=".", markersize=2.2, alpha=0.5,
-                                          color=colour, rasterized=True)[0] for colour in DIGIT_COLOURS]
+                                          color=colour, rasterized=True)[0] for colour in colours]
+            if classes.unknown and split == "test":
+                self.unknowns[split] = ax.plot([], [], [], linestyle="none", marker="x", markersize=3.5,
+                                               markeredgewidth=0.7, alpha=0.6, color=UNKNOWN_COLOUR, rasterized=True)[0]
             self.centers[split] = [ax.plot([], [], [], linestyle="none", marker="*", markersize=13, color=colour,
                                            markeredgecolor="black", markeredgewidth=1.4, zorder=5)[0]
-                                   for colour in DIGIT_COLOURS]
+                                   for colour in colours]
             if view == "angular":
                 u, v = np.meshgrid(np.linspace(0, 2 * np.pi, 25), np.linspace(0, np.pi, 13))
                 ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v), np.cos(v), color="black",
                                   linewidth=0.3, alpha=0.18)
                 self.weights[split] = [ax.plot([], [], [], linestyle="--", linewidth=1.2, color=colour)[0]
-                                       for colour in DIGIT_COLOURS]
-        self.legend = class_legend(self.fig)
+                                       for colour in colours]
+        self.legend = class_legend(self.fig, classes.names, colours, classes.unknown)
         self.title = self.fig.suptitle("")
         self.fig.subplots_adjust(left=0.02, right=1.0 - 1.9 / self.fig.get_figwidth(), top=0.86, bottom=0.04, wspace=0.08)
 
@@ -459,6 +544,11 @@ class FrameRenderer3D:
                 line.set_data_3d(mine[:, 0], mine[:, 1], mine[:, 2])
             for digit, star in enumerate(self.centers[split]):
                 star.set_data_3d(centers[digit:digit + 1, 0], centers[digit:digit + 1, 1], centers[digit:digit + 1, 2])
+            if split in self.unknowns:
+                unknown = subset_points(np.asarray(emb["unknown_features"], dtype=np.float32), emb["unknown_labels"],
+                                        cap)[0]
+                unknown = unit_rows(unknown) if angular else unknown
+                self.unknowns[split].set_data_3d(unknown[:, 0], unknown[:, 1], unknown[:, 2])
             if angular:
                 for digit, line in enumerate(self.weights[split]):
                     line.set_visible(weight is not None)
@@ -470,9 +560,10 @@ class FrameRenderer3D:
             ax.set_zlim(limits[4], limits[5])
             ax.view_init(elev=ELEVATION, azim=azimuth_of(int(emb["epoch"])) if azimuth is None else azimuth)
             shown = f"{len(labels):,} of {total:,} points" if len(labels) < total else f"{total:,} points"
+            if split in self.unknowns:
+                shown += f" + {len(emb['unknown_labels']):,} unknown"
             ax.set_title(f"{split} ({shown})" + (", on the unit sphere" if angular else ""))
-        names = [str(n) for n in emb.get("class_names", range(10))]
-        for text, name in zip(self.legend.get_texts(), names):
+        for text, name in zip(self.legend.get_texts(), ClassKey.of(emb).names):
             text.set_text(name)
         self.title.set_text(frame_title(emb))
         self.fig.canvas.draw()
@@ -485,9 +576,9 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _renderer(options: FrameOptions, view: str, dim: int = 2):
-    """One renderer per worker process, options, view and kind (2-D or 3-D)."""
-    return FrameRenderer3D(options, view) if dim == 3 else FrameRenderer(options, view)
+def _renderer(options: FrameOptions, view: str, dim: int = 2, classes: ClassKey = ClassKey()):
+    """One renderer per worker process, options, view, kind (2-D or 3-D) and set of classes."""
+    return FrameRenderer3D(options, view, classes) if dim == 3 else FrameRenderer(options, view, classes)
 
 
 def render_frame(npz_path, png_path, limits, options: FrameOptions = FrameOptions(), delete_npz: bool = False,
@@ -500,11 +591,12 @@ def render_frame(npz_path, png_path, limits, options: FrameOptions = FrameOption
     dim = int(emb["centers"].shape[1])
     view = options.view_for(str(emb.get("head", "linear")))
     if dim == 3:
-        _renderer(options, view, 3).draw(emb, None if limits is None else np.asarray(limits), Path(png_path), azimuth)
+        _renderer(options, view, 3, ClassKey.of(emb)).draw(emb, None if limits is None else np.asarray(limits),
+                                                          Path(png_path), azimuth)
     else:
         if dim > 3:
             emb = projected(emb, projection)
-        _renderer(options, view).draw(emb, np.asarray(limits), Path(png_path))
+        _renderer(options, view, 2, ClassKey.of(emb)).draw(emb, np.asarray(limits), Path(png_path))
     if delete_npz:
         os.remove(npz_path)
     return str(png_path)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from clviz import frames, runfiles
@@ -113,14 +114,21 @@ def render_grid_frame(sweep_dir: str, meta: dict, epoch: int, last_epoch: int, p
             limits = frames.ANGULAR_LIMITS
             frames.draw_unit_circle(ax)
         weight = emb.get("head_weight")
+        ids = frames.class_ids(emb)
+        colours = frames.class_colours(ids)
         if regions and weight is not None and weight.shape[1] == 2:
-            frames.show_regions(ax, frames.decision_regions(limits, head, weight, emb.get("head_bias"), resolution=160),
-                                   limits)
-        for digit, colour in enumerate(frames.DIGIT_COLOURS):
+            predicted = frames.decision_regions(limits, head, weight, emb.get("head_bias"), resolution=160)
+            frames.show_regions(ax, np.asarray(ids)[predicted], limits)
+        for digit, colour in enumerate(colours):
             mine = features[labels == digit]
             ax.plot(mine[:, 0], mine[:, 1], linestyle="none", marker=".", markersize=1.0, alpha=0.4, color=colour,
                     rasterized=True)
-        ax.scatter(centers[:, 0], centers[:, 1], s=70, marker="*", c=frames.DIGIT_COLOURS, edgecolors="black",
+        if "unknown_features" in emb:  # held-out classes: black crosses, as in the run's own frames
+            unknown = frames.subset_points(emb["unknown_features"], emb["unknown_labels"], max_points)[0]
+            unknown = frames.unit_vectors(unknown) if angular else unknown
+            ax.plot(unknown[:, 0], unknown[:, 1], linestyle="none", marker="x", markersize=1.8, markeredgewidth=0.5,
+                    alpha=0.5, color=frames.UNKNOWN_COLOUR, rasterized=True, zorder=3)
+        ax.scatter(centers[:, 0], centers[:, 1], s=70, marker="*", c=colours, edgecolors="black",
                    linewidths=0.9, zorder=5)
         ax.set_xlim(limits[0], limits[1])
         ax.set_ylim(limits[2], limits[3])

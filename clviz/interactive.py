@@ -31,20 +31,31 @@ def shown_subset(count: int, epochs: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(count, size, replace=False))
 
 
-def epoch_traces(emb: dict, keep: np.ndarray, dim: int, angular: bool, projection) -> list:
-    """One trace per class (points) and one for the centers, in drawing coordinates."""
+def epoch_traces(emb: dict, keep: np.ndarray, dim: int, angular: bool, projection,
+                 keep_unknown: Optional[np.ndarray] = None) -> list:
+    """One trace per class (points), one for the held-out classes (if any) and one for the
+    centers, in drawing coordinates."""
     features = np.asarray(emb["test_features"], dtype=np.float64)[keep]
     labels = np.asarray(emb["test_labels"])[keep]
     centers = np.asarray(emb["centers"], dtype=np.float64)
     distance = np.linalg.norm(features - centers[labels], axis=1)  # full-dimensional, as the metrics
+    unknown = None
+    if "unknown_features" in emb:
+        unknown = np.asarray(emb["unknown_features"], dtype=np.float64)[keep_unknown]
+        unknown_labels = np.asarray(emb["unknown_labels"])[keep_unknown]
+        nearest = np.linalg.norm(unknown[:, None, :] - centers[None], axis=2).min(axis=1)
     if projection is not None:
         features, centers = projection(features), projection(centers)
+        unknown = None if unknown is None else projection(unknown)
     if angular:
         features, centers = frames.unit_rows(features), frames.unit_rows(centers)
-    names = [str(name) for name in emb.get("class_names", range(10))]
+        unknown = None if unknown is None else frames.unit_rows(unknown)
+    ids = frames.class_ids(emb)
+    names = [str(name) for name in emb.get("class_names", ids)]
+    colours = frames.class_colours(ids)
     scatter = go.Scatter3d if dim == 3 else go.Scatter
     traces = []
-    for digit, colour in enumerate(frames.DIGIT_COLOURS):
+    for digit, colour in enumerate(colours):
         mine = labels == digit
         coords = dict(x=features[mine, 0], y=features[mine, 1])
         if dim == 3:
@@ -55,12 +66,24 @@ def epoch_traces(emb: dict, keep: np.ndarray, dim: int, angular: bool, projectio
             customdata=np.stack([keep[mine], distance[mine]], axis=1),
             hovertemplate=f"class {names[digit]}<br>test image %{{customdata[0]:d}}<br>"
                           "distance to its center %{customdata[1]:.3f}<extra></extra>"))
+    if unknown is not None:
+        coords = dict(x=unknown[:, 0], y=unknown[:, 1])
+        if dim == 3:
+            coords["z"] = unknown[:, 2]
+        threshold = float(emb.get("open_threshold", np.inf))
+        traces.append(scatter(
+            **coords, mode="markers", name=frames.unknown_text(emb),
+            marker=dict(symbol="x", color=frames.UNKNOWN_COLOUR, size=3 if dim == 3 else 5, opacity=0.7),
+            customdata=np.stack([unknown_labels, nearest], axis=1),
+            text=np.where(nearest > threshold, "rejected as unknown", "taken for a known class"),
+            hovertemplate="unknown: class %{customdata[0]:d}, never trained on<br>distance to the nearest center "
+                          f"%{{customdata[1]:.3f}} (threshold {threshold:.3f}): %{{text}}<extra></extra>"))
     coords = dict(x=centers[:, 0], y=centers[:, 1])
     if dim == 3:
         coords["z"] = centers[:, 2]
     traces.append(scatter(**coords, mode="markers", name="centers", text=names,
                           marker=dict(symbol="diamond" if dim == 3 else "star", size=8 if dim == 3 else 16,
-                                      color=frames.DIGIT_COLOURS, line=dict(color="black", width=1.5)),
+                                      color=colours, line=dict(color="black", width=1.5)),
                           hovertemplate="center of class %{text}<extra></extra>"))
     return traces
 
@@ -86,8 +109,10 @@ def write_interactive(run_dir: Path, cfg: Config, js_dir: Optional[Path] = None)
     angular = frames.FrameOptions.from_config(cfg).view_for(head) == "angular"
     projection = frames.run_projection(files)
     keep = shown_subset(len(last["test_labels"]), len(files))
+    keep_unknown = shown_subset(len(last["unknown_labels"]), len(files)) if "unknown_labels" in last else None
     epochs = [runfiles.epoch_of(path) for path in files]
-    traces = [epoch_traces(runfiles.load_embeddings(path), keep, dim, angular, projection) for path in files]
+    traces = [epoch_traces(runfiles.load_embeddings(path), keep, dim, angular, projection, keep_unknown)
+              for path in files]
     ranges = axis_ranges(traces, min(dim, 3) if dim <= 3 else 2)
     shown_dim = 3 if dim == 3 else 2
     what = "on the unit sphere" if angular and dim == 3 else "on the unit circle" if angular else \

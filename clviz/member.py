@@ -46,7 +46,8 @@ def member_config(base: Config, sweep_dir: Path, member: dict) -> Config:
 
 def data_key(cfg: Config) -> tuple:
     """The settings that decide which data a member trains on: members alike in these share one load."""
-    return cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.allow_sample_fallback, cfg.input_mean, cfg.input_std
+    return (cfg.dataset, cfg.data_dir, cfg.train_subset, cfg.allow_sample_fallback, cfg.input_mean, cfg.input_std,
+            cfg.unknown_classes)
 
 
 def epochs_done(member_dir: Path) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
+from sklearn.metrics import roc_curve
 
 from clviz import runfiles
 from clviz.runfiles import atomic_path
@@ -39,8 +40,9 @@ def draw_metrics(run_dir: Path) -> Path:
     raw center loss can rise as the whole feature cloud spreads (README)."""
     rows = runfiles.read_metrics(run_dir)
     epoch = _column(rows, "epoch")
-    fig = Figure(figsize=(11, 7.5), dpi=80)
-    axes = fig.subplots(2, 2)
+    beyond = _column(rows, "open_auroc") is not None or _column(rows, "verify_auc") is not None
+    fig = Figure(figsize=(11, 11 if beyond else 7.5), dpi=80)
+    axes = fig.subplots(3 if beyond else 2, 2)
     panels = [
         (axes[0, 0], "accuracy (%)", [("train_acc", "train (softmax)"), ("test_acc", "test (softmax)"),
                                       ("nearest_center_acc", "test (nearest center)")], False),
@@ -49,8 +51,19 @@ def draw_metrics(run_dir: Path) -> Path:
                                                    ("inter", "inter: closest two centers")], True),
         (axes[1, 1], "loss", [("nll", "train NLL"), ("test_nll", "test NLL"), ("center_loss", "train center loss")], True),
     ]
+    if beyond:  # held-out classes and verification pairs (README, "Why compactness matters")
+        panels += [
+            (axes[2, 0], "AUROC (1 = perfect, 0.5 = chance)",
+             [("open_auroc", "unknown vs known, by distance to nearest center"),
+              ("open_auroc_softmax", "unknown vs known, by max softmax"),
+              ("verify_auc", "verification pairs, cosine")], False),
+            (axes[2, 1], "%", [("open_tnr95", "unknowns rejected at 95% knowns kept"),
+                               ("verify_eer", "verification equal error rate (cosine)"),
+                               ("verify_tar_at_far1e-3", "verification TAR at FAR 0.1%")], False),
+        ]
     for ax, ylabel, series, log in panels:
         ratio = ax is axes[0, 1]
+        ax.set_visible(any(_column(rows, name) is not None for name, _ in series) or ax in axes[:2].flat)
         for (name, label), colour in zip(series, LINE_COLOURS):
             values = _column(rows, name)
             if values is None:
@@ -92,6 +105,141 @@ def draw_sweep_metrics(sweep_dir: Path, members: list) -> Path:
         ratio_ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle(f"{Path(sweep_dir).name}: every member")
     return _save(fig, Path(sweep_dir) / "metrics.png")
+
+
+# ---------- roc.png: the last epoch's unknowns and verification pairs ----------
+
+def last_with(run_dir: Path, field: str) -> Optional[dict]:
+    """The newest kept embeddings that hold `field`, or None."""
+    for path in reversed(runfiles.embedding_files(run_dir)):
+        emb = runfiles.load_embeddings(path)
+        if field in emb:
+            return dict(emb, path=path)
+    return None
+
+
+def open_set_curve(emb: dict, by: str = "distance") -> tuple:
+    """(false-positive rate, true-positive rate) of unknown vs known from an epoch's stored
+    scores: by the distance to the nearest center or by 1 - the max softmax probability."""
+    if by == "distance":
+        known, unknown = emb["open_known_distance"], emb["open_unknown_distance"]
+    else:
+        known, unknown = 1.0 - emb["open_known_confidence"], 1.0 - emb["open_unknown_confidence"]
+    truth = np.r_[np.zeros(len(known)), np.ones(len(unknown))]
+    fpr, tpr, _ = roc_curve(truth, np.r_[known, unknown])
+    return fpr, tpr
+
+
+def verification_curve(emb: dict, by: str = "cosine") -> tuple:
+    score = emb["pair_cosine"] if by == "cosine" else -emb["pair_l2"]
+    fpr, tpr, _ = roc_curve(emb["pair_same"].astype(int), score)
+    return fpr, tpr
+
+
+def draw_roc(run_dir: Path) -> Optional[Path]:
+    """roc.png of the last epoch: unknown vs known (distance against the softmax baseline),
+    the verification ROC (cosine and Euclidean) and the genuine/impostor cosine histograms.
+    None when the run has neither held-out classes nor pairs."""
+    run_dir = Path(run_dir)
+    emb = last_with(run_dir, "pair_same") or last_with(run_dir, "open_known_distance")
+    if emb is None:
+        return None
+    rows = {int(row["epoch"]): row for row in runfiles.read_metrics(run_dir)} if (run_dir / runfiles.METRICS).is_file() else {}
+    row = rows.get(int(emb["epoch"]), {})
+    panels = [name for name, field in (("open", "open_known_distance"), ("verify", "pair_same"), ("hist", "pair_same"))
+              if field in emb]
+    fig = Figure(figsize=(5.2 * len(panels), 4.8), dpi=80)
+    axes = dict(zip(panels, np.atleast_1d(fig.subplots(1, len(panels)))))
+    if "open" in axes:
+        ax = axes["open"]
+        for by, label, colour in (("distance", "distance to nearest center", "black"),
+                                  ("softmax", "1 − max softmax", "#ff7f0e")):
+            fpr, tpr = open_set_curve(emb, by)
+            key = "open_auroc" if by == "distance" else "open_auroc_softmax"
+            ax.plot(fpr, tpr, color=colour, linewidth=2, label=f"{label} (AUROC {_fmt(row.get(key), 3)})")
+        names = ", ".join(str(n) for n in emb.get("unknown_names", ()))
+        _roc_axes(ax, f"unknown ({names}) vs known test digits", "known taken for unknown (FPR)",
+                  "unknowns caught (TPR)")
+    if "verify" in axes:
+        ax = axes["verify"]
+        for by, label, colour in (("cosine", "cosine similarity", "black"), ("l2", "−Euclidean distance", "#1f77b4")):
+            fpr, tpr = verification_curve(emb, by)
+            key = "verify_auc" if by == "cosine" else "verify_auc_l2"
+            ax.plot(fpr, tpr, color=colour, linewidth=2, label=f"{label} (AUC {_fmt(row.get(key), 3)})")
+        ax.axvline(1e-3, color="grey", linestyle=":", linewidth=1)
+        _roc_axes(ax, f"verification: {_pair_source(emb)} (EER {_fmt(row.get('verify_eer'))}%)",
+                  "impostor pairs accepted (FAR)", "genuine pairs accepted (TAR)")
+    if "hist" in axes:
+        ax = axes["hist"]
+        same = emb["pair_same"].astype(bool)
+        bins = np.linspace(-1, 1, 81)
+        ax.hist(emb["pair_cosine"][same], bins, alpha=0.6, color="#2ca02c", label=f"genuine ({same.sum():,})")
+        ax.hist(emb["pair_cosine"][~same], bins, alpha=0.6, color="#d62728", label=f"impostor ({(~same).sum():,})")
+        ax.set_xlabel("cosine similarity of the two features")
+        ax.set_ylabel("pairs")
+        ax.set_title("genuine vs impostor pair scores", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(True, linewidth=0.4, alpha=0.5)
+    fig.suptitle(f"{run_dir.name}: epoch {int(emb['epoch'])}")
+    return _save(fig, run_dir / "roc.png")
+
+
+def _pair_source(emb: dict) -> str:
+    """Which classes the pairs come from, from the stored fields."""
+    # The rule the run drew them by (run.pairs_split): from the unknowns when two or more classes are held out.
+    if "unknown_features" in emb and len(emb.get("unknown_names", ())) >= 2:
+        return "pairs of unknown classes"
+    return "pairs of test digits"
+
+
+def _roc_axes(ax, title: str, xlabel: str, ylabel: str) -> None:
+    chance = np.r_[0.0, np.logspace(-4, 0, 200)]  # many points: the diagonal curves on the log axis
+    ax.plot(chance, chance, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel(xlabel + ", log scale")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+
+
+def draw_sweep_roc(sweep_dir: Path, members: list) -> Optional[Path]:
+    """The sweep's roc.png: one curve per member (its last epoch) for unknown vs known and for
+    verification, so settings compare on one plot. None when no member has either."""
+    curves = {"open": [], "verify": []}
+    for member in members:
+        member_dir = Path(sweep_dir) / member["name"]
+        if not member_dir.is_dir():
+            continue
+        emb = last_with(member_dir, "pair_same") or last_with(member_dir, "open_known_distance")
+        if emb is None:
+            continue
+        if "open_known_distance" in emb:
+            curves["open"].append((member["name"], *open_set_curve(emb)))
+        if "pair_same" in emb:
+            curves["verify"].append((member["name"], *verification_curve(emb)))
+    panels = [key for key in curves if curves[key]]
+    if not panels:
+        return None
+    fig = Figure(figsize=(6.2 * len(panels) + 2.5, 5), dpi=80)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    count = max(len(curves[key]) for key in panels)
+    cmap = colormaps["viridis" if count > 10 else "tab10"]
+    titles = {"open": ("unknown vs known, by distance to the nearest center", "known taken for unknown (FPR)",
+                       "unknowns caught (TPR)"),
+              "verify": ("verification pairs, by cosine similarity", "impostor pairs accepted (FAR)",
+                         "genuine pairs accepted (TAR)")}
+    for ax, key in zip(axes, panels):
+        for index, (name, fpr, tpr) in enumerate(curves[key]):
+            colour = cmap(index / max(count - 1, 1)) if count > 10 else cmap(index)
+            ax.plot(fpr, tpr, color=colour, linewidth=1.5, label=name)
+        _roc_axes(ax, *titles[key])
+        ax.get_legend().remove()
+    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle(f"{Path(sweep_dir).name}: every member's last epoch")
+    return _save(fig, Path(sweep_dir) / "roc.png")
 
 
 def set_log_scale(ax) -> None:
@@ -173,6 +321,13 @@ show(frames.length - 1);
 """
 
 
+# metrics.csv columns beyond the closed-set ones, shown in the page's table where a run has them.
+BEYOND_COLUMNS = ("open_auroc", "open_auroc_softmax", "open_tnr95", "open_threshold", "verify_eer",
+                  "verify_tar_at_far1e-3", "verify_auc")
+ROC_NOTE = ('<p class="note">Left: can a digit class the network never trained on be told from the known ones by its '
+            "distance to the nearest center (black), or by the softmax's confidence (orange)? Then: are two images of "
+            "the same class, judged by the cosine similarity of their features (as face verification does)? Higher "
+            "curves are better; the dotted line is FAR 0.1%.</p>")
 LIVE_REFRESH_S = 10  # how often a live run's page reloads itself
 
 
@@ -245,7 +400,8 @@ def write_run_page(run_dir: Path, running: Optional[tuple] = None) -> Path:
         intro = (f'<p id="status" class="running">running: epoch {running[0]} of {running[1]} finished; this page '
                  f"reloads every {LIVE_REFRESH_S} s until the run ends</p>") + intro
     columns = ["epoch", "train_acc", "test_acc", "nearest_center_acc", "nll", "center_loss", "intra", "inter",
-               "intra_inter_ratio", "epoch_seconds"]
+               "intra_inter_ratio"]
+    columns += [c for c in BEYOND_COLUMNS if _column(rows, c) is not None] + ["epoch_seconds"]
     table = _table(columns, [[_fmt(row.get(c), 0 if c == "epoch" else 3) for c in columns] for row in rows])
     sections = ""
     if (run_dir / "interactive.html").is_file():
@@ -259,6 +415,10 @@ def write_run_page(run_dir: Path, running: Optional[tuple] = None) -> Path:
                      'alt="the last epoch\'s 3-D features, turned once around">')
     if (run_dir / "metrics.png").is_file():
         sections += '<h2>Metrics</h2><img src="metrics.png" alt="metrics per epoch">'
+    if (run_dir / "roc.png").is_file():
+        sections += ('<h2 id="roc">Unknowns and verification</h2>' + ROC_NOTE +
+                     '<img src="roc.png" alt="ROC curves of the last epoch: unknown vs known digits and verification '
+                     'pairs, and the genuine and impostor pair scores">')
     sections += f"<h2>Metrics table</h2>{table}<h2>Config</h2><pre>{html.escape(config_text)}</pre>"
     sections += ('<p class="note">Reproduce with <code>python train.py --config config.yaml</code> from this folder\'s '
                  "copy of the code; resume with <code>python train.py --resume " + html.escape(str(run_dir)) + "</code>.</p>")
@@ -268,10 +428,11 @@ def write_run_page(run_dir: Path, running: Optional[tuple] = None) -> Path:
 
 
 def write_run_report(run_dir: Path, running: Optional[tuple] = None) -> Path:
-    """metrics.png and index.html (see write_run_page for `running`)."""
+    """metrics.png, roc.png (with held-out classes or pairs) and index.html (see write_run_page for `running`)."""
     run_dir = Path(run_dir)
     if (run_dir / runfiles.METRICS).is_file():
         draw_metrics(run_dir)
+        draw_roc(run_dir)
     return write_run_page(run_dir, running)
 
 
@@ -282,6 +443,7 @@ def write_sweep_report(sweep_dir: Path, running: Optional[tuple] = None) -> Path
     meta = runfiles.read_sweep_meta(sweep_dir)
     rows = runfiles.read_summary(sweep_dir)
     draw_sweep_metrics(sweep_dir, meta["members"])
+    draw_sweep_roc(sweep_dir, meta["members"])
     frames = [{"epoch": runfiles.epoch_of(p), "src": f"grid_frames/{p.name}", "caption": ""}
               for p in sorted((sweep_dir / "grid_frames").glob("epoch_*.png"))]
     keys = [axis["key"] for axis in meta["axes"]]
@@ -306,6 +468,9 @@ def write_sweep_report(sweep_dir: Path, running: Optional[tuple] = None) -> Path
         sections += f"<h2>Results</h2><pre>{html.escape(results)}</pre>"
     if (sweep_dir / "metrics.png").is_file():
         sections += '<h2>Metrics</h2><img src="metrics.png" alt="test accuracy and ratio per epoch, every run">'
+    if (sweep_dir / "roc.png").is_file():
+        sections += ('<h2 id="roc">Unknowns and verification</h2>' + ROC_NOTE +
+                     '<img src="roc.png" alt="ROC curves of every run\'s last epoch">')
     sections += f"<h2>Sweep</h2><pre>{html.escape((sweep_dir / runfiles.SWEEP_FILE).read_text())}</pre>"
     out = sweep_dir / "index.html"
     runfiles.write_text(out, _page(sweep_dir.name, intro, frames, sections, LIVE_REFRESH_S if running else None))

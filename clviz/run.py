@@ -12,15 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from clviz import config as configlib
 from clviz import data as datalib
 from clviz import frames, gif, interactive, report, runfiles, tensorboard_log
+from clviz import metrics as metricslib
 from clviz.background import BackgroundRenderer
 from clviz.config import Config, ConfigError
-from clviz.metrics import discriminativeness
 from clviz.runfiles import RunError, RunLog
 from clviz.speed import Speed, pick_device, resolve_speed
 from clviz.tensorboard_log import TensorBoardLog
@@ -78,6 +79,7 @@ class Session:
     data_signature: dict  # name, sizes and label checksum of the data; checkpointed and checked on resume
     lock: int  # descriptor holding the run folder's lock until the run ends (runfiles.lock_run_dir)
     tensorboard: Optional[TensorBoardLog] = None  # --tensorboard
+    pairs: Optional[dict] = None  # the verification pairs (verification_pairs), None with verify_pairs 0
 
 
 def resume_overrides(args) -> dict:
@@ -148,10 +150,10 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
     speed = resolve_speed(cfg, device, train_steps=epochs_left * math.ceil(len(dataset.train) / cfg.batch_size))
     torch.set_num_threads(speed.threads)
     cfg = dataclasses.replace(cfg, dataset=dataset.name)  # record what was really used
-    dataset = dataclasses.replace(dataset, train=dataset.train.to(device), test=dataset.test.to(device))
+    dataset = dataset.to(device)
 
     torch.manual_seed(cfg.seed)
-    parts = build_parts(cfg, device, speed)
+    parts = build_parts(cfg, device, speed, num_classes=len(dataset.class_names))
     generator = torch.Generator().manual_seed(cfg.seed)
     if checkpoint is None:
         run_dir = runfiles.new_run_dir(cfg.output_dir, cfg.run_name or default_run_name(cfg.output_dir, config_name))
@@ -174,6 +176,7 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
 
     try:
         runfiles.write_config(run_dir, configlib.to_dict(cfg), comment="; ".join(filter(None, (recipe_note, short_note))))
+        pairs = verification_pairs(run_dir, cfg, dataset)
     except runfiles.DiskFull as err:
         os.close(lock)
         if checkpoint is None:  # an empty folder would only block the next attempt
@@ -188,6 +191,8 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
         f"({len(dataset.train):,} train / {len(dataset.test):,} test images)")
     if dataset.notice:
         log(f"notice: {dataset.notice}")
+    if dataset.unknown is not None or cfg.verify_pairs:
+        log(open_set_line(dataset, pairs))
     for line in (recipe_note, short_note, warning):
         if line:
             log(line)
@@ -195,7 +200,48 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
     log(f"config: {config_changes(cfg)} (all of it in {run_dir / runfiles.CONFIG})")
     runner = EpochRunner(parts, dataset.train, cfg, speed)
     return Session(cfg, run_dir, device, speed, dataset, parts, runner, generator, start_epoch, metrics, log,
-                   data_signature, lock, tensorboard_log.open_log(cfg.tensorboard, run_dir))
+                   data_signature, lock, tensorboard_log.open_log(cfg.tensorboard, run_dir), pairs)
+
+
+def pairs_split(dataset: datalib.Dataset) -> str:
+    """Where verification pairs come from: the unknown classes when two or more are held out
+    (the paper's protocol: identities never trained on), else the known test classes."""
+    if dataset.unknown is not None and len(dataset.unknown_names) >= 2:
+        return "unknown"
+    return "test"
+
+
+def verification_pairs(run_dir: Path, cfg: Config, dataset: datalib.Dataset) -> Optional[dict]:
+    """The run's fixed verification pairs ({first, second, same, split}), drawn once from the
+    seed and kept in verify_pairs.npz, so every epoch (and a resumed run) scores the same
+    pairs; None with verify_pairs 0."""
+    if cfg.verify_pairs == 0:
+        return None
+    path = Path(run_dir) / runfiles.PAIRS
+    if path.is_file():
+        return runfiles.load_pairs(path)
+    split = pairs_split(dataset)
+    labels = getattr(dataset, split).labels.cpu().numpy()
+    if (np.bincount(labels) >= 2).sum() < 2:  # a tiny test split: no pairs to draw, say so in the log
+        return None
+    pairs = dict(metricslib.draw_pairs(labels, cfg.verify_pairs, cfg.seed), split=split)
+    runfiles.save_pairs(path, pairs)
+    return pairs
+
+
+def open_set_line(dataset: datalib.Dataset, pairs: Optional[dict]) -> str:
+    """The log's one line on held-out classes and verification pairs."""
+    parts = []
+    if dataset.unknown is not None:
+        parts.append(f"open set: {', '.join(dataset.unknown_names)} held out of training ({len(dataset.unknown):,} "
+                     f"test images are unknowns; {len(dataset.class_names)} known classes)")
+    if pairs is not None:
+        source = "the unknown classes" if pairs["split"] == "unknown" else "the test classes"
+        count = int(pairs["same"].sum())
+        parts.append(f"verification: {count:,} genuine + {len(pairs['same']) - count:,} impostor pairs of {source}")
+    else:
+        parts.append("verification: off (its split has fewer than two classes with two images each)")
+    return "; ".join(parts)
 
 
 def changes_text(changed: dict) -> str:
@@ -224,7 +270,8 @@ def load_dataset(cfg: Config, resuming: bool = False) -> datalib.Dataset:
     """A resumed run never falls back to the sample: it must find the data it started with."""
     try:
         return datalib.load(cfg.dataset, cfg.data_dir, allow_sample_fallback=cfg.allow_sample_fallback and not resuming,
-                            train_subset=cfg.train_subset, mean=cfg.input_mean, std=cfg.input_std)
+                            train_subset=cfg.train_subset, mean=cfg.input_mean, std=cfg.input_std,
+                            unknown_classes=configlib.unknown_classes(cfg))
     except datalib.DataError as err:
         if not resuming:
             raise
@@ -269,13 +316,15 @@ def train_epochs(s: Session, renderer: Optional[BackgroundRenderer] = None) -> i
             started = time.perf_counter()
             lr = parts.net_optimizer.param_groups[0]["lr"]
             train = s.runner.run(s.generator, epoch=epoch)
-            test_nll, test_acc, test_features = evaluate(parts.model, s.dataset.test, s.speed)
+            test = evaluate(parts.model, s.dataset.test, s.speed)
             parts.scheduler.step()
-            shape = discriminativeness(test_features, s.dataset.test.labels.cpu(), parts.center_loss.centers.detach().cpu())
-            limits = save_frame(s, renderer, epoch, train.features, test_features, test_acc, limits_so_far)
+            shape = metricslib.discriminativeness(test.features, s.dataset.test.labels.cpu(), parts.center_loss.centers.detach().cpu())
+            beyond, drawn = open_set_and_verification(s, test)  # unknowns and pairs, where the run has them
+            shape.update(beyond)
+            limits = save_frame(s, renderer, epoch, train.features, test.features, test.accuracy, limits_so_far, drawn)
             if cfg.frame_axes == "run":
                 limits_so_far.append(limits)
-            row = metrics_row(s, epoch, lr, train, test_nll, test_acc, shape, time.perf_counter() - started)
+            row = metrics_row(s, epoch, lr, train, test.nll, test.accuracy, shape, time.perf_counter() - started)
             s.metrics.append(row)
             runfiles.write_metrics(s.run_dir, s.metrics)
             runfiles.save_checkpoint(s.run_dir, checkpoint_state(s, epoch))
@@ -283,10 +332,11 @@ def train_epochs(s: Session, renderer: Optional[BackgroundRenderer] = None) -> i
                 s.tensorboard.metrics(row)
             # The live page and metrics.png, drawn by the worker after this epoch's frame.
             renderer.submit(report.write_run_report, str(s.run_dir), (epoch, cfg.epochs))
-            epochs.set_postfix(test_acc=f"{test_acc:.2f}%")
+            epochs.set_postfix(test_acc=f"{test.accuracy:.2f}%")
             s.log(f"epoch {epoch}/{cfg.epochs} | nll {row['nll']:.3f} | center {row['center_loss']:.3f} | "
-                  f"train acc {row['train_acc']:.1f}% | test acc {test_acc:.2f}% | nearest-center {row['nearest_center_acc']:.2f}% | "
-                  f"intra/inter {row['intra_inter_ratio']:.3f} | {row['epoch_seconds']:.1f} s")
+                  f"train acc {row['train_acc']:.1f}% | test acc {test.accuracy:.2f}% | nearest-center "
+                  f"{row['nearest_center_acc']:.2f}% | intra/inter {row['intra_inter_ratio']:.3f}{open_text(row)} | "
+                  f"{row['epoch_seconds']:.1f} s")
     except KeyboardInterrupt as stop:
         what = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
         if not s.metrics:  # nothing finished: no checkpoint, so nothing to resume
@@ -337,24 +387,67 @@ def train_epochs(s: Session, renderer: Optional[BackgroundRenderer] = None) -> i
 
 def metrics_row(s: Session, epoch: int, lr: float, train, test_nll: float, test_acc: float, shape: dict,
                 seconds: float) -> dict:
-    """One line of metrics.csv (columns documented in the README)."""
-    return dict(epoch=epoch, dataset=s.dataset.name, nll=round(train.nll, 6), center_loss=round(train.center_loss, 6),
-                center_loss_weight=train.center_loss_weight,
-                train_acc=round(train.accuracy, 4), test_nll=round(test_nll, 6), test_acc=round(test_acc, 4),
-                nearest_center_acc=round(shape["nearest_center_acc"], 4), intra=round(shape["intra"], 5),
-                inter=round(shape["inter"], 5), intra_inter_ratio=round(shape["ratio"], 5), lr=lr,
-                epoch_seconds=round(seconds, 3))
+    """One line of metrics.csv (columns documented in the README); the open-set and
+    verification columns only where the run has them (OPEN_COLUMNS, VERIFY_COLUMNS)."""
+    row = dict(epoch=epoch, dataset=s.dataset.name, nll=round(train.nll, 6), center_loss=round(train.center_loss, 6),
+               center_loss_weight=train.center_loss_weight,
+               train_acc=round(train.accuracy, 4), test_nll=round(test_nll, 6), test_acc=round(test_acc, 4),
+               nearest_center_acc=round(shape["nearest_center_acc"], 4), intra=round(shape["intra"], 5),
+               inter=round(shape["inter"], 5), intra_inter_ratio=round(shape["ratio"], 5))
+    row.update({key: round(shape[key], 6) for key in OPEN_COLUMNS + VERIFY_COLUMNS if key in shape})
+    row.update(lr=lr, epoch_seconds=round(seconds, 3))
+    return row
 
 
-def save_frame(s: Session, renderer, epoch, train_features, test_features, test_acc, limits_so_far) -> list:
+OPEN_COLUMNS = ("open_auroc", "open_auroc_softmax", "open_tnr95", "open_threshold")
+VERIFY_COLUMNS = ("verify_eer", "verify_tar_at_far1e-3", "verify_auc", "verify_eer_l2", "verify_auc_l2")
+
+
+def open_set_and_verification(s: Session, test) -> tuple[dict, dict]:
+    """This epoch's open-set metrics (with held-out classes) and verification metrics (with
+    pairs), and what the frame's embeddings file keeps of them."""
+    centers = s.parts.center_loss.centers.detach().cpu()
+    out, drawn = {}, {}
+    unknown = None
+    if s.dataset.unknown is not None:
+        unknown = evaluate(s.parts.model, s.dataset.unknown, s.speed, labelled=False)
+        scores = dict(known_distance=metricslib.nearest_center_distance(test.features, centers).numpy(),
+                      unknown_distance=metricslib.nearest_center_distance(unknown.features, centers).numpy(),
+                      known_confidence=test.confidence.numpy(), unknown_confidence=unknown.confidence.numpy())
+        out.update(metricslib.open_set(**scores))
+        drawn.update(unknown_features=unknown.features.numpy(), unknown_labels=s.dataset.unknown.labels.cpu().numpy(),
+                     unknown_names=s.dataset.unknown_names, open_threshold=out["open_threshold"], open_scores=scores)
+    if s.pairs is not None:
+        features = unknown.features if s.pairs["split"] == "unknown" else test.features
+        scores = metricslib.pair_scores(features, s.pairs["first"], s.pairs["second"])
+        out.update(metricslib.verification(s.pairs["same"], scores["cosine"], scores["l2"]))
+        drawn.update(pair_same=s.pairs["same"], pair_cosine=scores["cosine"], pair_l2=scores["l2"])
+    return out, drawn
+
+
+def open_text(row: dict) -> str:
+    """The log line's open-set and verification part ('' without them)."""
+    text = ""
+    if "open_auroc" in row:
+        text += (f" | open AUROC {row['open_auroc']:.3f} (softmax {row['open_auroc_softmax']:.3f}), "
+                 f"TNR@95 {row['open_tnr95']:.1f}%")
+    if "verify_eer" in row:
+        text += f" | verify EER {row['verify_eer']:.2f}%"
+    return text
+
+
+def save_frame(s: Session, renderer, epoch, train_features, test_features, test_acc, limits_so_far,
+               extra: Optional[dict] = None) -> list:
     """Write this epoch's embeddings and have the frame drawn in the background,
-    with axes covering every epoch so far (the GIF redraw fixes them run-wide)."""
+    with axes covering every epoch so far (the GIF redraw fixes them run-wide).
+    `extra`: the open-set and verification fields of the embeddings file."""
     cfg = s.cfg
     keep = epoch % cfg.embeddings_every == 0 or epoch == cfg.epochs
     npz = runfiles.embeddings_path(s.run_dir, epoch, keep)
     head = s.parts.model.classifier
     centers = s.parts.center_loss.centers.detach().float().cpu().numpy()
-    limits = frames.epoch_limits(train_features.numpy(), test_features.numpy(), centers)
+    extra = extra or {}
+    limits = frames.epoch_limits(train_features.numpy(), test_features.numpy(), centers, extra.get("unknown_features"))
     scale, margin = head_settings(cfg.head, cfg.head_scale, cfg.head_margin)
     runfiles.save_embeddings(npz, epoch=epoch, epochs=cfg.epochs, train_features=train_features.numpy(),
                              train_labels=s.dataset.train.labels.cpu().numpy(), test_features=test_features.numpy(),
@@ -363,7 +456,7 @@ def save_frame(s: Session, renderer, epoch, train_features, test_features, test_
                              center_update=cfg.center_update, head=head.kind, head_scale=scale, head_margin=margin,
                              head_weight=head.weight.detach().float().cpu().numpy(),
                              head_bias=None if head.bias is None else head.bias.detach().float().cpu().numpy(),
-                             class_names=s.dataset.class_names)
+                             class_names=s.dataset.class_names, class_ids=s.dataset.known_classes, **extra)
     # A 3-D frame fits its own cube while training; the final GIF's redraw fixes the axes.
     box = None if cfg.feat_dim == 3 else frames.square_limits(limits_so_far + [limits])
     renderer.submit(frames.render_frame, str(npz), str(runfiles.frame_path(s.run_dir, epoch)), box,
@@ -376,8 +469,13 @@ def write_tensorboard_pictures(s: Session) -> None:
     s.tensorboard.frames(sorted((s.run_dir / runfiles.FRAMES).glob("epoch_*.png")))
     last = runfiles.embedding_files(s.run_dir)[-1]
     emb = runfiles.load_embeddings(last)
-    s.tensorboard.embedding(torch.from_numpy(emb["test_features"].astype("float32")), s.dataset.test.labels,
-                            s.dataset.test.images, s.dataset.class_names, runfiles.epoch_of(last))
+    features, images = torch.from_numpy(emb["test_features"].astype("float32")), s.dataset.test.images
+    names = [s.dataset.class_names[int(k)] for k in s.dataset.test.labels.cpu()]
+    if "unknown_features" in emb:  # held-out classes, named as such in the Projector's labels
+        features = torch.cat([features, torch.from_numpy(emb["unknown_features"].astype("float32"))])
+        images = torch.cat([images, s.dataset.unknown.images])
+        names += [f"unknown {int(k)}" for k in s.dataset.unknown.labels.cpu()]
+    s.tensorboard.embedding(features, names, images, runfiles.epoch_of(last))
 
 
 def write_interactive(run_dir: Path, cfg: Config) -> Optional[Path]:

@@ -49,6 +49,7 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.csv"
 CONFIG = "config.yaml"
 EMBEDDINGS = "embeddings"
+PAIRS = "verify_pairs.npz"  # the run's fixed verification pairs (indices into the test or unknown split)
 FRAMES = "frames"
 CHECKPOINT_FORMAT = 1
 SWEEP_FILE = "sweep.yaml"
@@ -317,15 +318,40 @@ def epoch_of(path: Path) -> int:
     return int(Path(path).stem.split("_")[1])
 
 
+def save_pairs(path: Path, pairs: dict) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, first=pairs["first"], second=pairs["second"], same=pairs["same"], split=np.str_(pairs["split"]))
+
+
+def load_pairs(path: Path) -> dict:
+    try:
+        with np.load(path) as npz:
+            return {"first": npz["first"], "second": npz["second"], "same": npz["same"].astype(bool),
+                    "split": str(npz["split"])}
+    except EMBEDDING_ERRORS as err:
+        raise RunError(f"cannot read {path} ({first_line(err)}): the file is damaged; start a new run") from None
+
+
 def save_embeddings(path: Path, *, epoch: int, epochs: int, train_features, train_labels, test_features,
                     test_labels, centers, test_acc: float, limits, dataset: str, center_loss_weight: float,
                     center_update: str, head: str = "linear", head_scale: float = 1.0, head_margin: float = 0.0,
-                    head_weight=None, head_bias=None, class_names: Sequence[str] = tuple(map(str, range(10)))) -> None:
+                    head_weight=None, head_bias=None, class_names: Sequence[str] = tuple(map(str, range(10))),
+                    class_ids=None, unknown_features=None, unknown_labels=None, unknown_names: Sequence[str] = (),
+                    open_threshold: Optional[float] = None, open_scores: Optional[dict] = None, pair_same=None,
+                    pair_cosine=None, pair_l2=None) -> None:
     """One epoch's numbers, with what they are as fields (nothing is parsed from text).
     Features (N, feat_dim) are stored as float16: about 0.35 MB per epoch for 70k
     2-D points. `limits` [xmin, xmax, ymin, ymax] lets the drawing fix a whole
     run's axes without reading every point again; the head's weights
-    (num_classes, feat_dim) let it shade the decision regions."""
+    (num_classes, feat_dim) let it shade the decision regions.
+    Open set: `class_ids` (K,) the known classes' original numbers (label k is class
+    class_ids[k], which picks its colour); the held-out test images' `unknown_features`
+    (M, feat_dim) with their original `unknown_labels` and `unknown_names`; `open_threshold`
+    the distance beyond which a point counts as unknown (open_tnr95's); `open_scores` what the
+    open-set metrics were computed from, in full precision: {known,unknown}_{distance,confidence}
+    (stored as open_known_distance, ...). Verification: the
+    pairs' truth and scores (P,), for the ROC curve and the score histograms."""
     arrays = dict(
         train_features=np.asarray(train_features, dtype=np.float16),
         train_labels=np.asarray(train_labels, dtype=np.uint8),
@@ -342,6 +368,19 @@ def save_embeddings(path: Path, *, epoch: int, epochs: int, train_features, trai
         arrays["head_weight"] = np.asarray(head_weight, dtype=np.float32)
     if head_bias is not None:
         arrays["head_bias"] = np.asarray(head_bias, dtype=np.float32)
+    if class_ids is not None:
+        arrays["class_ids"] = np.asarray(class_ids, dtype=np.uint8)
+    if unknown_features is not None:
+        arrays.update(unknown_features=np.asarray(unknown_features, dtype=np.float16),
+                      unknown_labels=np.asarray(unknown_labels, dtype=np.uint8),
+                      unknown_names=np.array(list(unknown_names), dtype=np.str_))
+    if open_threshold is not None:
+        arrays["open_threshold"] = np.float64(open_threshold)
+    for key, values in (open_scores or {}).items():
+        arrays[f"open_{key}"] = np.asarray(values, dtype=np.float32)
+    if pair_same is not None:
+        arrays.update(pair_same=np.asarray(pair_same, dtype=bool), pair_cosine=np.asarray(pair_cosine, dtype=np.float32),
+                      pair_l2=np.asarray(pair_l2, dtype=np.float32))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)

@@ -43,7 +43,14 @@ from clviz.grid import value_text
 from clviz.runfiles import RunError
 
 NOT_SWEEPABLE = ("output_dir", "run_name")
-FINAL_COLUMNS = ("test_acc", "nearest_center_acc", "intra", "inter", "intra_inter_ratio")
+FINAL_COLUMNS = ("test_acc", "nearest_center_acc", "intra", "inter", "intra_inter_ratio", "open_auroc",
+                 "open_auroc_softmax", "open_tnr95", "verify_eer", "verify_tar_at_far1e-3", "verify_auc")
+# results.md: (column, header, digits); the open-set and verification ones only where a member has them.
+RESULT_COLUMNS = (("test_acc", "test acc %", 2), ("nearest_center_acc", "nearest-center acc %", 2),
+                  ("intra_inter_ratio", "intra / inter", 3), ("open_auroc", "open AUROC", 3),
+                  ("open_auroc_softmax", "open AUROC (softmax)", 3), ("open_tnr95", "TNR@95 %", 1),
+                  ("verify_eer", "verify EER %", 2), ("verify_tar_at_far1e-3", "TAR@FAR 0.1% %", 1))
+ALWAYS_SHOWN = 3  # the first three RESULT_COLUMNS
 
 
 def parse_axes(specs: list) -> list:
@@ -328,14 +335,16 @@ def results_table(meta: dict, rows: list) -> str:
     for row in rows:
         groups.setdefault(tuple(str(row[key]) for key in group_keys), []).append(row)
     seeds = "seed" in keys
-    header = group_keys + ["runs", "test acc %", "nearest-center acc %", "intra / inter"]
+    columns = [c for i, c in enumerate(RESULT_COLUMNS) if i < ALWAYS_SHOWN or any(_number(r.get(c[0])) is not None
+                                                                                  for r in rows)]
+    header = group_keys + ["runs"] + [name for _, name, _ in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for setting, members in groups.items():
         done = [m for m in members if m["status"] == "finished"]
         other = [m for m in members if m["status"] != "finished"]
         runs = f"{len(done)}/{len(members)}" + (f" ({', '.join(sorted({m['status'] for m in other}))})" if other else "")
-        cells = [_mean_std([_number(m[col]) for m in done if _number(m[col]) is not None], digits)
-                 for col, digits in (("test_acc", 2), ("nearest_center_acc", 2), ("intra_inter_ratio", 3))]
+        cells = [_mean_std([_number(m.get(col)) for m in done if _number(m.get(col)) is not None], digits)
+                 for col, _, digits in columns]
         lines.append("| " + " | ".join(list(setting) + [runs] + cells) + " |")
     note = " Mean ± sample standard deviation over the seeds." if seeds else ""
     config = meta["config"]

@@ -47,16 +47,17 @@ class TensorBoardLog:
                 self.writer.add_image("frames", np.asarray(image.convert("RGB")), epoch, dataformats="HWC")
         self.writer.flush()
 
-    def embedding(self, features: torch.Tensor, labels: torch.Tensor, images: torch.Tensor, class_names,
-                  epoch: int) -> None:
-        """Test features (N, feat_dim) with their labels and images (N, 1, 28, 28), normalised
-        as the network saw them (rescaled to 0..1 here for the thumbnails)."""
-        count = min(len(labels), MAX_EMBEDDED)
+    def embedding(self, features: torch.Tensor, names: list, images: torch.Tensor, epoch: int) -> None:
+        """Test features (N, feat_dim) with each one's label text (N,) and image (N, 1, 28, 28),
+        normalised as the network saw them (rescaled to 0..1 here for the thumbnails)."""
+        count = min(len(names), MAX_EMBEDDED)
+        if count < len(names):  # an even spread, so held-out classes at the end are not cut off
+            keep = torch.linspace(0, len(names) - 1, count).long()
+            features, images, names = features[keep], images[keep.to(images.device)], [names[i] for i in keep]
         thumbs = images[:count].float().cpu()
         thumbs = (thumbs - thumbs.amin()) / max(float(thumbs.amax() - thumbs.amin()), 1e-12)
-        names = [str(class_names[int(label)]) for label in labels[:count].cpu()]
-        self.writer.add_embedding(features[:count].float().cpu(), metadata=names, label_img=thumbs, global_step=epoch,
-                                  tag="test features")
+        self.writer.add_embedding(features[:count].float().cpu(), metadata=[str(n) for n in names[:count]],
+                                  label_img=thumbs, global_step=epoch, tag="test features")
         self.writer.flush()
 
     def close(self) -> None:

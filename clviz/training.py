@@ -8,7 +8,7 @@ evaluation. The speed switches (speed.py) wrap this step without changing it.
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -98,15 +98,16 @@ def augment(images: torch.Tensor, cfg: Config, generator: torch.Generator) -> to
     return F.grid_sample(images, grid, padding_mode="border", align_corners=False)
 
 
-def build_parts(cfg: Config, device: torch.device, speed: Speed) -> Parts:
-    """Weights and centers drawn from the global RNG: seed it first."""
-    model = LeNetsPP(feat_dim=cfg.feat_dim, num_classes=NUM_CLASSES, classifier_bias=cfg.classifier_bias,
+def build_parts(cfg: Config, device: torch.device, speed: Speed, num_classes: int = NUM_CLASSES) -> Parts:
+    """Weights and centers drawn from the global RNG: seed it first. `num_classes`: the
+    known classes (fewer than 10 when some are held out as unknowns)."""
+    model = LeNetsPP(feat_dim=cfg.feat_dim, num_classes=num_classes, classifier_bias=cfg.classifier_bias,
                      head=cfg.head, head_scale=cfg.head_scale, head_margin=cfg.head_margin)
     model = model.to(device, memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)
     if speed.fused_prelu:
         model.use_prelu_kernel(compiled_prelu())
     apply_conv_kernels(model, speed)
-    center_loss = CenterLoss(NUM_CLASSES, cfg.feat_dim, update=cfg.center_update, alpha=cfg.center_alpha,
+    center_loss = CenterLoss(num_classes, cfg.feat_dim, update=cfg.center_update, alpha=cfg.center_alpha,
                              normalize=cfg.center_loss_normalize).to(device)
     net_optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     # Plain SGD for the centers: no momentum, no weight decay (decay would drag them to the origin).
@@ -247,23 +248,35 @@ class EpochRunner:
 EVAL_BATCH, EVAL_BATCH_CPU = 1000, 100
 
 
+class Evaluation(NamedTuple):
+    nll: float
+    accuracy: float  # percent
+    features: torch.Tensor  # (N, feat_dim) float32 on the CPU
+    confidence: torch.Tensor  # (N,) float32 on the CPU: the maximum softmax probability (open-set baseline)
+
+
 @torch.no_grad()
-def evaluate(model: LeNetsPP, split: Split, speed: Speed, batch_size: Optional[int] = None) -> tuple:
-    """(nll, accuracy %, features (N, feat_dim) float32 on the CPU) in eval mode.
-    batch_size None: EVAL_BATCH_CPU on the CPU, whose caches favour small
-    batches, else EVAL_BATCH."""
+def evaluate(model: LeNetsPP, split: Split, speed: Speed, batch_size: Optional[int] = None,
+             labelled: bool = True) -> Evaluation:
+    """nll, accuracy %, features and confidences in eval mode. batch_size None:
+    EVAL_BATCH_CPU on the CPU, whose caches favour small batches, else EVAL_BATCH.
+    `labelled` False (unknown classes, whose labels the head does not have): features and
+    confidences only, nll and accuracy NaN."""
     model.eval()
     device = split.images.device
     batch_size = batch_size or (EVAL_BATCH_CPU if device.type == "cpu" else EVAL_BATCH)
     forward = eval_forward(model, speed)
-    nll_sum, correct, features = torch.zeros((), device=device), torch.zeros((), device=device), []
+    nll_sum, correct, features, confidence = torch.zeros((), device=device), torch.zeros((), device=device), [], []
     for start in range(0, len(split), batch_size):
         images = to_layout(split.images[start:start + batch_size], speed)
-        labels = split.labels[start:start + batch_size]
         with autocast(device, speed):
             feats, log_probs = forward(images)
-        nll_sum += F.nll_loss(log_probs, labels, reduction="sum")
-        correct += (log_probs.argmax(1) == labels).sum()
+        if labelled:
+            labels = split.labels[start:start + batch_size]
+            nll_sum += F.nll_loss(log_probs, labels, reduction="sum")
+            correct += (log_probs.argmax(1) == labels).sum()
         features.append(feats.float())
+        confidence.append(log_probs.float().max(1).values.exp())
     n = len(split)
-    return nll_sum.item() / n, 100 * correct.item() / n, torch.cat(features).cpu()
+    nll, accuracy = (nll_sum.item() / n, 100 * correct.item() / n) if labelled else (math.nan, math.nan)
+    return Evaluation(nll, accuracy, torch.cat(features).cpu(), torch.cat(confidence).cpu())

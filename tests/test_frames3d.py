@@ -60,7 +60,7 @@ def test_a_3d_frame_turns_with_the_epoch_and_caps_its_points(tmp_path, head):
     a, b = np.asarray(Image.open(first)), np.asarray(Image.open(turned))
     assert a.shape == b.shape and a.shape[0] >= 400
     assert (a != b).any(axis=2).mean() > 0.02  # the camera really moved
-    renderer = frames._renderer(options, options.view_for(head), 3)
+    renderer = frames._renderer(options, options.view_for(head), 3, frames.ClassKey())
     title = renderer.axes["train"].get_title()
     assert f"{frames.POINTS_3D:,} of 9,000 points" in title  # the cap is said where it applies
     if head == "arcface":
