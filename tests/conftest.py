@@ -134,6 +134,18 @@ def small_sweep(tmp_path_factory):
     return cwd / "outputs" / "s", proc
 
 
+# A tiny open-set run: 8 and 9 held out, fewer verification pairs; 'step' so a 1-epoch run resumes to 2 exactly.
+OPEN = [*QUICK, "--unknown-classes", "8,9", "--verify-pairs", "500", "--lr-schedule", "step"]
+
+
+@pytest.fixture(scope="session")
+def open_run(tmp_path_factory):
+    """Shared by the open-set and run-page tests: 2 epochs with classes 8 and 9 held out."""
+    cwd = tmp_path_factory.mktemp("open")
+    proc = run_cli("train.py", *OPEN, "--epochs", "2", "--run-name", "o", cwd=cwd, check=0)
+    return cwd / "outputs" / "o", proc
+
+
 @pytest.fixture(scope="session")
 def compiler():
     """Skip tests of the torch.compile'd PReLU where it cannot be built (no C++

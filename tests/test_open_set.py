@@ -11,7 +11,7 @@ import torch
 from clviz import config as configlib
 from clviz import data as datalib
 from clviz import frames, metrics, runfiles
-from tests.conftest import QUICK, read_rows, run_cli, without_time
+from tests.conftest import OPEN, QUICK, read_rows, run_cli, without_time
 
 # ---------- the metrics, by hand ----------
 
@@ -154,16 +154,6 @@ def test_a_class_keeps_its_colour_when_others_are_held_out():
 
 
 # ---------- end to end ----------
-
-OPEN = [*QUICK, "--unknown-classes", "8,9", "--verify-pairs", "500", "--lr-schedule", "step"]  # step: a 1-epoch run resumes to 2
-
-
-@pytest.fixture(scope="module")
-def open_run(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("open")
-    proc = run_cli("train.py", *OPEN, "--epochs", "2", "--run-name", "o", cwd=cwd, check=0)
-    return cwd / "outputs" / "o", proc
-
 
 @pytest.mark.slow
 def test_a_run_with_held_out_classes_carries_them_everywhere(open_run):

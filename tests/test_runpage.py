@@ -72,6 +72,19 @@ def test_slider_and_arrow_keys_step_through_the_epochs(browser, small_sweep):
     assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
 
 
+def test_an_open_set_run_page_shows_its_roc_plot(browser, open_run):
+    browser.get((open_run[0] / "index.html").as_uri())
+    heading = browser.find_element(By.ID, "roc")
+    assert heading.text == "Unknowns and verification"
+    image = browser.find_element(By.CSS_SELECTOR, 'img[src="roc.png"]')
+    browser.execute_script("arguments[0].scrollIntoView()", image)
+    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 600
+    assert image.is_displayed() and image.size["width"] > 300
+    header = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "table tr:first-child th")]
+    assert "open_auroc" in header and "verify_eer" in header
+    assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
 def test_sweep_page_steps_through_the_grid(browser, small_sweep):
     browser.get((small_sweep[0] / "index.html").as_uri())
     assert shown(browser) == ("epoch 2 / 2", "epoch_002.png", True)
