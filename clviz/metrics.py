@@ -79,28 +79,29 @@ def open_set(known_distance, unknown_distance, known_confidence, unknown_confide
 def draw_pairs(labels, count: int, seed: int) -> dict:
     """`count` genuine (same class, two different images) and `count` impostor pairs
     (different classes) of indices into `labels`, drawn with their own generator, so the
-    same labels and seed give the same pairs. Returns {first, second, same} arrays
-    (2 * count,). Needs at least two classes, each with two images."""
+    same labels and seed give the same pairs. Genuine: a class in proportion to its
+    images, then two different images of it. Impostor: any image, then another class
+    (uniformly), then an image of it. Classes with fewer than two images take no part.
+    Returns {first, second, same} arrays (2 * count,). Needs two such classes."""
     labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    by_class = {k: np.flatnonzero(labels == k) for k in np.unique(labels)}
-    by_class = {k: idx for k, idx in by_class.items() if len(idx) >= 2}
-    classes = np.array(sorted(by_class))
+    classes, sizes = np.unique(labels, return_counts=True)
+    classes, sizes = classes[sizes >= 2], sizes[sizes >= 2]
     if len(classes) < 2:
         raise ValueError("verification pairs need two classes with two images each")
-    # Genuine: a class in proportion to its images, then two different images of it.
-    sizes = np.array([len(by_class[k]) for k in classes], dtype=float)
-    picked = rng.choice(classes, size=count, p=sizes / sizes.sum())
-    first, second = np.empty(count, np.int64), np.empty(count, np.int64)
-    for i, k in enumerate(picked):
-        first[i], second[i] = rng.choice(by_class[k], size=2, replace=False)
-    # Impostor: any image, then one of another class.
-    anchors = rng.choice(np.concatenate([by_class[k] for k in classes]), size=count)
-    others = np.empty(count, np.int64)
-    for i, a in enumerate(anchors):
-        other = rng.choice(classes[classes != labels[a]])
-        others[i] = rng.choice(by_class[other])
-    return {"first": np.r_[first, anchors], "second": np.r_[second, others],
+    pool = np.concatenate([np.flatnonzero(labels == k) for k in classes])  # grouped by class
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(classes), size=count, p=sizes / sizes.sum())
+    i = rng.integers(0, sizes[picked])
+    j = rng.integers(0, sizes[picked] - 1)
+    j += j >= i  # a second, different image of the same class
+    anchor = rng.integers(0, len(pool), size=count)
+    anchor_class = np.searchsorted(starts, anchor, side="right") - 1
+    other = rng.integers(0, len(classes) - 1, size=count)
+    other += other >= anchor_class  # any class but the anchor's
+    partner = starts[other] + rng.integers(0, sizes[other])
+    return {"first": np.r_[pool[starts[picked] + i], pool[anchor]],
+            "second": np.r_[pool[starts[picked] + j], pool[partner]],
             "same": np.r_[np.ones(count, bool), np.zeros(count, bool)]}
 
 
