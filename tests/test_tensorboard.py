@@ -16,13 +16,14 @@ from tests.conftest import QUICK, read_rows
 def test_events_hold_the_metrics_frames_and_projector_data(tmp_path, monkeypatch):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     monkeypatch.chdir(tmp_path)
-    assert train.main([*QUICK, "--epochs", "2", "--tensorboard", "--run-name", "tb"]) == 0
+    # With classes held out, so the projector must show them as unknowns.
+    assert train.main([*QUICK, "--epochs", "2", "--tensorboard", "--run-name", "tb", "--unknown-classes", "8,9"]) == 0
     run_dir = tmp_path / "outputs" / "tb"
     events = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     events.Reload()
     rows = read_rows(run_dir)
     for column in ("nll", "center_loss", "center_loss_weight", "train_acc", "test_acc", "nearest_center_acc",
-                   "intra", "inter", "intra_inter_ratio", "lr"):
+                   "intra", "inter", "intra_inter_ratio", "open_auroc", "open_tnr95", "verify_eer", "lr"):
         points = events.Scalars(f"metrics/{column}")
         assert [p.step for p in points] == [1, 2], column
         assert [p.value for p in points] == pytest.approx([float(row[column]) for row in rows], rel=1e-5), column
@@ -31,8 +32,9 @@ def test_events_hold_the_metrics_frames_and_projector_data(tmp_path, monkeypatch
     projector = run_dir / "tensorboard" / "00002" / "test features"
     assert (run_dir / "tensorboard" / "projector_config.pbtxt").is_file()
     vectors = np.loadtxt(projector / "tensors.tsv", delimiter="\t")
-    labels = (projector / "metadata.tsv").read_text().split()
-    assert vectors.shape == (1000, 2) and len(labels) == 1000 and set(labels) == {str(d) for d in range(10)}
+    labels = (projector / "metadata.tsv").read_text().splitlines()
+    assert vectors.shape == (1000, 2) and len(labels) == 1000  # 800 known test digits and 200 unknowns
+    assert set(labels) == {str(d) for d in range(8)} | {"unknown 8", "unknown 9"}
     assert (projector / "sprite.png").is_file()
 
 
