@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import torch
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 from sklearn.metrics import roc_curve
 
-from clviz import runfiles
+from clviz import metrics, runfiles
 from clviz.runfiles import atomic_path
 
 LINE_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -109,15 +110,6 @@ def draw_sweep_metrics(sweep_dir: Path, members: list) -> Path:
 
 # ---------- roc.png: the last epoch's unknowns and verification pairs ----------
 
-def last_with(run_dir: Path, field: str) -> Optional[dict]:
-    """The newest kept embeddings that hold `field`, or None."""
-    for path in reversed(runfiles.embedding_files(run_dir)):
-        emb = runfiles.load_embeddings(path)
-        if field in emb:
-            return dict(emb, path=path)
-    return None
-
-
 def open_set_curve(emb: dict, by: str = "distance") -> tuple:
     """(false-positive rate, true-positive rate) of unknown vs known from an epoch's stored
     scores: by the distance to the nearest center or by 1 - the max softmax probability."""
@@ -128,6 +120,27 @@ def open_set_curve(emb: dict, by: str = "distance") -> tuple:
     truth = np.r_[np.zeros(len(known)), np.ones(len(unknown))]
     fpr, tpr, _ = roc_curve(truth, np.r_[known, unknown])
     return fpr, tpr
+
+
+def with_pairs(run_dir: Path, emb: Optional[dict]) -> Optional[dict]:
+    """`emb` with its verification pairs' truth and scores (pair_same, pair_cosine, pair_l2),
+    recomputed from the run's verify_pairs.npz and the epoch's stored features; `emb` as
+    it is when the run has no pairs."""
+    if emb is None or not (Path(run_dir) / runfiles.PAIRS).is_file():
+        return emb
+    pairs = runfiles.load_pairs(Path(run_dir) / runfiles.PAIRS)
+    split = "unknown_features" if pairs["split"] == "unknown" else "test_features"
+    if split not in emb:
+        return emb
+    scores = metrics.pair_scores(torch.from_numpy(np.asarray(emb[split], dtype=np.float32)), pairs["first"],
+                                 pairs["second"])
+    return dict(emb, pair_same=pairs["same"], pair_cosine=scores["cosine"], pair_l2=scores["l2"])
+
+
+def last_epoch(run_dir: Path) -> Optional[dict]:
+    """The newest kept embeddings with their pairs' scores (with_pairs), or None."""
+    files = runfiles.embedding_files(run_dir)
+    return with_pairs(run_dir, dict(runfiles.load_embeddings(files[-1]), path=files[-1])) if files else None
 
 
 def verification_curve(emb: dict, by: str = "cosine") -> tuple:
@@ -141,8 +154,8 @@ def draw_roc(run_dir: Path) -> Optional[Path]:
     the verification ROC (cosine and Euclidean) and the genuine/impostor cosine histograms.
     None when the run has neither held-out classes nor pairs."""
     run_dir = Path(run_dir)
-    emb = last_with(run_dir, "pair_same") or last_with(run_dir, "open_known_distance")
-    if emb is None:
+    emb = last_epoch(run_dir)
+    if emb is None or not ({"pair_same", "open_known_distance"} & set(emb)):
         return None
     rows = {int(row["epoch"]): row for row in runfiles.read_metrics(run_dir)} if (run_dir / runfiles.METRICS).is_file() else {}
     row = rows.get(int(emb["epoch"]), {})
@@ -213,7 +226,7 @@ def draw_sweep_roc(sweep_dir: Path, members: list) -> Optional[Path]:
         member_dir = Path(sweep_dir) / member["name"]
         if not member_dir.is_dir():
             continue
-        emb = last_with(member_dir, "pair_same") or last_with(member_dir, "open_known_distance")
+        emb = last_epoch(member_dir)
         if emb is None:
             continue
         if "open_known_distance" in emb:

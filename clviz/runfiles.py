@@ -338,8 +338,7 @@ def save_embeddings(path: Path, *, epoch: int, epochs: int, train_features, trai
                     center_update: str, head: str = "linear", head_scale: float = 1.0, head_margin: float = 0.0,
                     head_weight=None, head_bias=None, class_names: Sequence[str] = tuple(map(str, range(10))),
                     class_ids=None, unknown_features=None, unknown_labels=None, unknown_names: Sequence[str] = (),
-                    open_threshold: Optional[float] = None, open_scores: Optional[dict] = None, pair_same=None,
-                    pair_cosine=None, pair_l2=None) -> None:
+                    open_threshold: Optional[float] = None, open_scores: Optional[dict] = None) -> None:
     """One epoch's numbers, with what they are as fields (nothing is parsed from text).
     Features (N, feat_dim) are stored as float16: about 0.35 MB per epoch for 70k
     2-D points. `limits` [xmin, xmax, ymin, ymax] lets the drawing fix a whole
@@ -350,8 +349,8 @@ def save_embeddings(path: Path, *, epoch: int, epochs: int, train_features, trai
     (M, feat_dim) with their original `unknown_labels` and `unknown_names`; `open_threshold`
     the distance beyond which a point counts as unknown (open_tnr95's); `open_scores` what the
     open-set metrics were computed from, in full precision: {known,unknown}_{distance,confidence}
-    (stored as open_known_distance, ...). Verification: the
-    pairs' truth and scores (P,), for the ROC curve and the score histograms."""
+    (stored as open_known_distance, ...). The verification pairs are not repeated here:
+    they are the run's verify_pairs.npz, scored from these features when drawn."""
     arrays = dict(
         train_features=np.asarray(train_features, dtype=np.float16),
         train_labels=np.asarray(train_labels, dtype=np.uint8),
@@ -378,9 +377,6 @@ def save_embeddings(path: Path, *, epoch: int, epochs: int, train_features, trai
         arrays["open_threshold"] = np.float64(open_threshold)
     for key, values in (open_scores or {}).items():
         arrays[f"open_{key}"] = np.asarray(values, dtype=np.float32)
-    if pair_same is not None:
-        arrays.update(pair_same=np.asarray(pair_same, dtype=bool), pair_cosine=np.asarray(pair_cosine, dtype=np.float32),
-                      pair_l2=np.asarray(pair_l2, dtype=np.float32))
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)

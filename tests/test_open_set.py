@@ -170,7 +170,7 @@ def test_a_run_with_held_out_classes_carries_them_everywhere(open_run):
     emb = runfiles.load_embeddings(run_dir / "embeddings" / "epoch_002.npz")
     assert emb["unknown_features"].shape == (200, 2) and set(emb["unknown_labels"].tolist()) == {8, 9}
     assert emb["test_labels"].max() == 7 and emb["centers"].shape == (8, 2) and len(emb["class_ids"]) == 8
-    assert emb["pair_same"].sum() == 500
+    assert runfiles.load_pairs(run_dir / runfiles.PAIRS)["same"].sum() == 500
     # The stored metric reproduces from the stored scores (the numbers and the picture agree).
     again = metrics.open_set(emb["open_known_distance"], emb["open_unknown_distance"],
                              emb["open_known_confidence"], emb["open_unknown_confidence"])
