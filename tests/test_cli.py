@@ -118,8 +118,8 @@ def test_a_short_run_says_what_it_changed_and_that_it_is_still_too_short(tmp_pat
     32 steps are still too few for the warm-up, which the run says in one line with the fix."""
     proc = run_cli("train.py", "--dataset", "mnist-sample", "--train-subset", "400", "--epochs", "2",
                    "--run-name", "s", cwd=tmp_path, check=0)
-    assert ("short run (8 steps of 100 images): batch_size 100 -> 25, lr 0.01 -> 0.05, lr_warmup 0.0 -> 0.3, "
-            "center_loss_ramp 1.0 -> 0.5 for 32 steps (--short-run off keeps the defaults)") in proc.stdout
+    assert ("short run (8 steps of 100 images): batch_size 100 -> 25, lr 0.01 -> 0.05, lr_warmup 0.0 -> 0.3 "
+            "for 32 steps (--short-run off keeps the defaults)") in proc.stdout
     assert "warning: 32 training steps are too few for the lambda warm-up" in proc.stdout and "--epochs 75" in proc.stdout
     config_text = (tmp_path / "outputs" / "s" / "config.yaml").read_text()
     assert config_text.startswith("# short run (8 steps") and yaml.safe_load(config_text)["batch_size"] == 25

@@ -166,8 +166,8 @@ def test_duplicate_keys_and_foreign_encodings_name_the_file(tmp_path):
 def test_a_short_run_gets_small_batches_and_the_short_recipe():
     """10,000 images x 3 epochs are 300 steps of 100: too few for the warm-up, so 1,200 steps of 25."""
     tuned, changed = configlib.for_short_run(Config(epochs=3), 10_000)
-    assert (tuned.batch_size, tuned.lr, tuned.lr_warmup, tuned.center_loss_ramp) == (25, 0.05, 0.3, 0.5)
-    assert changed == {"batch_size": (100, 25), "lr": (0.01, 0.05), "lr_warmup": (0.0, 0.3), "center_loss_ramp": (1.0, 0.5)}
+    assert (tuned.batch_size, tuned.lr, tuned.lr_warmup, tuned.center_loss_ramp) == (25, 0.05, 0.3, 1.0)
+    assert changed == {"batch_size": (100, 25), "lr": (0.01, 0.05), "lr_warmup": (0.0, 0.3)}
     assert configlib.planned_steps(tuned, 10_000) == 1200
     assert configlib.for_short_run(Config(epochs=3), 20_000)[0].batch_size == 50  # only as small as needed
 
