@@ -25,7 +25,7 @@ class PReLU(nn.PReLU):
     """nn.PReLU (same parameter, same state_dict) whose training-time kernel
     can be swapped for a fused one. On a 2-core CPU eager PReLU's backward is
     one of the dearest ops of the whole step (~30 of ~165 ms per batch of 100
-    in bf16), while as one compiled loop it costs a few ms; see engine.py."""
+    in bf16), while as one compiled loop it costs a few ms; see clviz/speed.py."""
 
     def __init__(self, num_parameters: int):
         super().__init__(num_parameters)

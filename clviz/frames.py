@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
@@ -31,6 +32,7 @@ from PIL import Image
 
 from clviz import runfiles
 from clviz.config import Config
+from clviz.data import NUM_CLASSES
 from clviz.projection import Projection, fit_pca
 from clviz.runfiles import atomic_path
 
@@ -47,11 +49,15 @@ LIMIT_PADDING = 0.08
 
 # ---------- axis limits ----------
 
+def inner_range(points: np.ndarray) -> tuple:
+    """(low, high) per axis, leaving out the outermost OUTLIER_QUANTILE of the points on each side."""
+    points = np.asarray(points, dtype=np.float32)
+    return np.quantile(points, OUTLIER_QUANTILE, axis=0), np.quantile(points, 1.0 - OUTLIER_QUANTILE, axis=0)
+
+
 def robust_limits(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """[xmin, xmax, ymin, ymax] covering all but the outermost 0.2% of points per side, and every center."""
-    points = np.asarray(points, dtype=np.float32)
-    low = np.quantile(points, OUTLIER_QUANTILE, axis=0)
-    high = np.quantile(points, 1.0 - OUTLIER_QUANTILE, axis=0)
+    low, high = inner_range(points)
     low, high = np.minimum(low, centers.min(axis=0)), np.maximum(high, centers.max(axis=0))
     return np.array([low[0], high[0], low[1], high[1]], dtype=np.float32)
 
@@ -83,9 +89,7 @@ def epoch_limits(train_features: np.ndarray, test_features: np.ndarray, centers:
 def cube_limits(point_sets: Sequence[np.ndarray], dims: int = 3) -> np.ndarray:
     """[x0, x1, y0, y1, z0, z1]: one padded cube around all but the outermost
     0.2% of the points per side (3-D frames); `dims` 2 gives the square."""
-    points = np.concatenate([np.asarray(p, dtype=np.float32)[:, :dims] for p in point_sets])
-    low = np.quantile(points, OUTLIER_QUANTILE, axis=0)
-    high = np.quantile(points, 1.0 - OUTLIER_QUANTILE, axis=0)
+    low, high = inner_range(np.concatenate([np.asarray(p, dtype=np.float32)[:, :dims] for p in point_sets]))
     half = max(float((high - low).max()), 1e-6) * (0.5 + LIMIT_PADDING)
     middle = (low + high) / 2
     return np.array([value for m in middle for value in (m - half, m + half)])
@@ -236,8 +240,9 @@ def subset_points(features, labels, max_points):
     return features, labels
 
 
-def unit_vectors(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)[:, :2]
+def unit_rows(vectors: np.ndarray, dims: Optional[int] = None) -> np.ndarray:
+    """Each row scaled to length 1 (its first `dims` columns; all by default): the angular views."""
+    vectors = np.asarray(vectors, dtype=np.float32)[:, :dims]
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
@@ -248,8 +253,8 @@ UNKNOWN_COLOUR = "black"  # held-out classes: one neutral style, no class colour
 class ClassKey:
     """What a frame's classes look like: their original numbers (colours), names and the
     unknowns' legend entry. Part of a renderer's cache key: its artists are built for them."""
-    ids: tuple = tuple(range(10))
-    names: tuple = tuple(map(str, range(10)))
+    ids: tuple = tuple(range(NUM_CLASSES))
+    names: tuple = tuple(map(str, range(NUM_CLASSES)))
     unknown: Optional[str] = None
 
     @classmethod
@@ -265,8 +270,10 @@ def class_ids(emb: dict) -> tuple:
 
 
 def class_colours(ids: Sequence[int]) -> list:
-    """One fixed colour per original class, so a digit keeps its colour whatever is held out."""
-    return [DIGIT_COLOURS[k] for k in ids]
+    """One fixed colour per original class, so a digit keeps its colour whatever is held out;
+    past the ten digits' colours, tab20's (any number of classes can be drawn)."""
+    extra = matplotlib.colormaps["tab20"]
+    return [DIGIT_COLOURS[k] if k < len(DIGIT_COLOURS) else matplotlib.colors.to_hex(extra(k % 20)) for k in ids]
 
 
 def unknown_text(emb: dict) -> Optional[str]:
@@ -284,8 +291,7 @@ def threshold_rings(centers: np.ndarray, radius: float) -> tuple:
     return xs, ys
 
 
-def class_legend(fig: Figure, names: Sequence[str] = tuple(map(str, range(10))),
-                 colours: Sequence[str] = DIGIT_COLOURS, unknown: Optional[str] = None, rings: bool = False):
+def class_legend(fig: Figure, names: Sequence[str], colours: Sequence[str], unknown: Optional[str] = None, rings: bool = False):
     """The legend every frame shares: one coloured dot per class, the center star and, with
     held-out classes, their black cross and the threshold rings, at the right."""
     handles = [Line2D([], [], linestyle="none", marker="o", markersize=8, color=c, label=str(n))
@@ -299,6 +305,18 @@ def class_legend(fig: Figure, names: Sequence[str] = tuple(map(str, range(10))),
             handles.append(Line2D([], [], linestyle="--", linewidth=1.0, color="#555555",
                                   label="known if inside\n(95% of known\ntest digits are)"))
     return fig.legend(handles=handles, loc="center right", title="class", frameon=False)
+
+
+def label_and_save(fig: Figure, legend, title, emb: dict, out_path: Path, paint) -> None:
+    """The tail every frame shares (2-D and 3-D): the legend's class names (e.g. Fashion-MNIST's),
+    the title from the saved fields, `paint()` into the canvas, then the PNG, written whole."""
+    for text, name in zip(legend.get_texts(), ClassKey.of(emb).names):
+        text.set_text(name)
+    title.set_text(frame_title(emb))
+    paint()
+    with atomic_path(out_path) as tmp:
+        # zlib level 1: ~30 ms instead of ~45 ms at the default level 6, for ~5% more bytes.
+        Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]).save(tmp, format="PNG", compress_level=1)
 
 
 class FrameRenderer:
@@ -387,15 +405,15 @@ class FrameRenderer:
         weight = emb.get("head_weight")
         for split in self.splits:
             features, labels = subset_points(emb[f"{split}_features"], emb[f"{split}_labels"], self.options.max_points)
-            features = unit_vectors(features) if angular else features
+            features = unit_rows(features, 2) if angular else features
             for digit, line in enumerate(self.points[split]):
                 mine = features[labels == digit]
                 line.set_data(mine[:, 0], mine[:, 1])
             centers = emb["centers"][:, :2]
-            self.centers[split].set_offsets(unit_vectors(centers) if angular else centers)
+            self.centers[split].set_offsets(unit_rows(centers, 2) if angular else centers)
             if split in self.unknowns:
                 unknown = subset_points(emb["unknown_features"], emb["unknown_labels"], self.options.max_points)[0]
-                unknown = unit_vectors(unknown) if angular else unknown
+                unknown = unit_rows(unknown, 2) if angular else unknown
                 self.unknowns[split].set_data(unknown[:, 0], unknown[:, 1])
                 # The open-set threshold as a ring around each center: exact in the feature plane only.
                 ring = not angular and "projection_note" not in emb and "open_threshold" in emb
@@ -437,13 +455,7 @@ class FrameRenderer:
                 line.set_visible(weight is not None)
                 if weight is not None:
                     line.set_xdata([np.degrees(np.arctan2(weight[digit, 1], weight[digit, 0]))] * 2)
-        for text, name in zip(self.legend.get_texts(), ClassKey.of(emb).names):  # e.g. Fashion-MNIST's names
-            text.set_text(name)
-        self.title.set_text(frame_title(emb))
-        self.render()
-        with atomic_path(out_path) as tmp:
-            # zlib level 1: ~30 ms instead of ~45 ms at the default level 6, for ~5% more bytes.
-            Image.fromarray(self.pixels()).save(tmp, format="PNG", compress_level=1)
+        label_and_save(self.fig, self.legend, self.title, emb, out_path, paint=self.render)
 
     def render(self) -> None:
         """Paint the figure into the canvas: the cached background, then the
@@ -563,16 +575,7 @@ class FrameRenderer3D:
             if split in self.unknowns:
                 shown += f" + {len(emb['unknown_labels']):,} unknown"
             ax.set_title(f"{split} ({shown})" + (", on the unit sphere" if angular else ""))
-        for text, name in zip(self.legend.get_texts(), ClassKey.of(emb).names):
-            text.set_text(name)
-        self.title.set_text(frame_title(emb))
-        self.fig.canvas.draw()
-        with atomic_path(out_path) as tmp:
-            Image.fromarray(np.asarray(self.fig.canvas.buffer_rgba())[..., :3]).save(tmp, format="PNG", compress_level=1)
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        label_and_save(self.fig, self.legend, self.title, emb, out_path, paint=self.fig.canvas.draw)
 
 
 @functools.lru_cache(maxsize=4)
