@@ -13,10 +13,7 @@ the 2-D features every epoch.
 import sys
 
 from clviz import config as configlib
-from clviz import run, runfiles, sweep
-from clviz.config import ConfigError
-from clviz.data import DataError
-from clviz.runfiles import RunError
+from clviz import errors, run, runfiles, sweep
 
 
 def make_parser():
@@ -30,42 +27,29 @@ def make_parser():
 
 
 def main(argv=None) -> int:
-    run.stop_on_sigterm()
-    session = None
+    errors.stop_on_sigterm()
+    session, sweeping = None, False
     try:
         args = configlib.parse_unknown(make_parser(), argv)
         if getattr(args, "sweep", None) or runfiles.is_sweep(getattr(args, "resume", None)):
+            sweeping = True
             return sweep.main(args)
         configlib.sweep_spread(args, sweeping=False)  # refuses --workers and the Ray flags outside a sweep
         session = run.prepare(args)
         return run.fit(session)
-    except (ConfigError, DataError, RunError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return run.EXIT_BAD_INPUT
-    except runfiles.DiskFull as err:  # while drawing the GIF or page after training: the epochs are kept
-        where = f"; every finished epoch is kept: free space and redraw with python visualize.py {session.run_dir}" \
-            if session is not None else "; free space and run the same command again"
-        print(f"error: {err}{where}", file=sys.stderr)
-        return run.EXIT_NO_SPACE
-    except (MemoryError, OSError, RuntimeError) as err:  # out of memory or an I/O error outside the epochs
-        fault = run.machine_fault(err)
-        if fault is None:  # a bug: its traceback is what a report needs
-            raise
-        where = f" while writing {err.filename}" if isinstance(err, OSError) and err.filename else ""
-        if session is None:
-            print(f"error: {fault}{where} before training; run the same command again once the machine has recovered",
-                  file=sys.stderr)
-        else:
-            print(f"error: {fault}{where} while drawing after training; every finished epoch is kept in "
-                  f"{session.run_dir}; redraw with python visualize.py {session.run_dir}", file=sys.stderr)
-        return run.EXIT_FAULT
-    except KeyboardInterrupt as stop:  # before training, or a second Ctrl-C while the GIF is written
-        if session is None:
-            print("interrupted before training started; nothing to keep", file=sys.stderr)
-        else:
-            print(f"interrupted again while drawing: every finished epoch is saved in {session.run_dir}; "
-                  f"python visualize.py {session.run_dir} redraws the GIF and page", file=sys.stderr)
-        return run.stop_code(stop)
+    except (Exception, KeyboardInterrupt) as err:  # before training, or while drawing after it (run.fit)
+        if sweeping:  # sweep.main handles stops and the machine's faults itself; this is what escaped it
+            code, line = errors.explain(err, when=" in the sweep", kept="its members' finished epochs are kept",
+                                        then="resume it with python train.py --resume <sweep folder>")
+        elif session is None:
+            code, line = errors.explain(err, when=" before training", kept="nothing was written")
+        else:  # the epochs are kept: only the drawing is left to redo
+            redraw = f"redraw with python visualize.py {session.run_dir}"
+            again = " again" if isinstance(err, KeyboardInterrupt) else ""
+            code, line = errors.explain(err, when=f"{again} while drawing after training",
+                                        kept=f"every finished epoch is kept in {session.run_dir}", then=redraw)
+        print(line, file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -10,13 +10,11 @@ Options not given are the run's own config (its config.yaml).
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from clviz import config as configlib
-from clviz import frames, gif, report, run, runfiles, sweep
-from clviz.config import ConfigError
+from clviz import errors, frames, gif, report, run, runfiles, sweep
 from clviz.runfiles import RunError
 
 
@@ -57,14 +55,12 @@ def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return redraw_all(args)
-    except (RunError, ConfigError, OSError) as err:
-        text = f"{err.strerror} on {err.filename}" if isinstance(err, OSError) and err.strerror and err.filename else str(err)
-        print(f"error: {text}", file=sys.stderr)
-        return 4 if isinstance(err, runfiles.DiskFull) else 2
-    except KeyboardInterrupt:
+    except (Exception, KeyboardInterrupt) as err:
         # Every file is replaced atomically: what was drawn is whole, the rest is as it was.
-        print(f"interrupted; the run's data are untouched: python visualize.py {args.run_dir} redraws again", file=sys.stderr)
-        return 130
+        code, line = errors.explain(err, kept="the run's data are untouched",
+                                    then=f"redraw with python visualize.py {args.run_dir}")
+        print(line, file=sys.stderr)
+        return code
 
 
 def redraw_all(args) -> int:
@@ -78,14 +74,14 @@ def redraw_all(args) -> int:
         return 2
     for run_dir in filter(runfiles.embedding_files, runs):
         try:
-            lock = runfiles.lock_run_dir(run_dir)
+            folder = runfiles.RunFolder.existing(run_dir)
         except RunError:
             raise RunError(f"{run_dir} is being trained right now (its index.html updates itself); "
                            "redraw it once train.py has finished") from None
         try:
             redraw_run(run_dir, args)
         finally:
-            os.close(lock)
+            folder.release()
     if runs != [args.run_dir]:
         sweep.finish(args.run_dir)
     return 0

@@ -41,7 +41,7 @@ def cpu_name() -> str:
 def metrics_without_time(sweep_dir: Path) -> dict:
     found = {}
     for path in sorted(sweep_dir.glob("*/metrics.csv")):
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8") as handle:
             found[path.parent.name] = [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(handle)]
     return found
 

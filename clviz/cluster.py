@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Optional
 
 from clviz import config as configlib
+from clviz import errors
 from clviz import member as memberlib
-from clviz import run
 from clviz.config import ConfigError, SweepSpread
 from clviz.runfiles import RunError
 
@@ -55,14 +55,14 @@ def probe_node(sweep_dir: str, token: str) -> Optional[str]:
     host = socket.gethostname()
     marker = Path(sweep_dir) / PROBE_FILE
     try:
-        seen = marker.read_text()
+        seen = marker.read_text(encoding="utf-8")
     except OSError:
         seen = None
     if seen != token:
         return f"node {host} does not see the sweep folder {sweep_dir} (a different disk at that path, or none)"
     test = Path(sweep_dir) / f".ray-write-test-{host}-{os.getpid()}"
     try:
-        test.write_text("ok")
+        test.write_text("ok", encoding="utf-8")
         test.unlink()
     except OSError as err:
         return f"node {host} cannot write in {sweep_dir} ({err.strerror})"
@@ -73,7 +73,7 @@ def check_shared_folder(ray, sweep_dir: Path) -> None:
     """Refuse, before any member starts, when a node cannot use the sweep folder."""
     token = secrets.token_hex(8)
     marker = sweep_dir / PROBE_FILE
-    marker.write_text(token)
+    marker.write_text(token, encoding="utf-8")
     try:
         nodes = [node for node in ray.nodes() if node.get("Alive")]
         probes = []
@@ -138,16 +138,16 @@ def wait_for(ray, refs: dict, progress: memberlib.Progress, on_done: Callable, s
                 for ref in refs:
                     ray.cancel(ref)
                 print("interrupted: queued members are cancelled, running ones keep their finished epochs", flush=True)
-    return 0 if stopped is None else run.stop_code(stopped)
+    return 0 if stopped is None else errors.stop_code(stopped)
 
 
 def task_code(ray, ref, member: dict, sweep_dir: Path) -> Optional[int]:
     try:
         return ray.get(ref)
     except ray.exceptions.TaskCancelledError:
-        return run.EXIT_INTERRUPTED
+        return errors.EXIT_INTERRUPTED
     except ray.exceptions.RayError as err:  # retries used up, or the task raised a bug's exception
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: {member['name']}: {first[:200]} (its console: {memberlib.console_path(sweep_dir, member)})",
               flush=True)
-        return run.EXIT_FAULT
+        return errors.EXIT_FAULT

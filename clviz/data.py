@@ -160,8 +160,11 @@ TORCHVISION_SETS = {
 
 
 def load(dataset: str, data_dir: str, *, allow_sample_fallback: bool, train_subset: Optional[int] = None,
-         mean: Optional[float] = None, std: Optional[float] = None, unknown_classes: tuple = ()) -> Dataset:
+         mean: Optional[float] = None, std: Optional[float] = None, unknown_classes: tuple = (),
+         named: bool = False) -> Dataset:
     """`mean`/`std` (of pixels in 0..1) replace the dataset's own normalisation when given.
+    `named`: the user chose `data_dir`; if it holds no MNIST and cannot receive it, that is an
+    error even where the sample may stand in (a typo must not train on other data).
     `train_subset` takes the first N training images, then `unknown_classes` are held out of them (hold_out)."""
     kind, own_mean, own_std, names, title, fix = TORCHVISION_SETS["mnist" if dataset == "mnist-sample" else dataset]
     mean, std = own_mean if mean is None else mean, own_std if std is None else std
@@ -177,7 +180,10 @@ def load(dataset: str, data_dir: str, *, allow_sample_fallback: bool, train_subs
         except (RuntimeError, OSError) as err:
             where = os.path.abspath(data_dir)
             # Only the digits have an offline sample; for Fashion-MNIST a missing copy is always an error.
-            if dataset != "mnist" or not allow_sample_fallback:
+            if named and dataset == "mnist" and allow_sample_fallback:
+                fix = ("point --data-dir at a folder holding MNIST/raw/*-ubyte, or leave --data-dir out: only the "
+                       "default folder falls back to the offline sample")
+            if dataset != "mnist" or not allow_sample_fallback or named:
                 raise DataError(f"{title} is not in {where} and could not be downloaded ({str(err).splitlines()[0]}); "
                                 f"{fix}") from None
             train, test = load_mnist_sample(mean, std)

@@ -8,6 +8,7 @@ was in, and the same seed gives the same metrics whichever way it ran.
 
 import contextlib
 import dataclasses
+import enum
 import os
 import shutil
 import signal
@@ -19,25 +20,54 @@ from typing import Optional
 import torch
 
 from clviz import config as configlib
-from clviz import run, runfiles
+from clviz import errors, run, runfiles
 from clviz.background import end_with_parent
-from clviz.config import Config, ConfigError
-from clviz.data import DataError
+from clviz.config import Config
 from clviz.runfiles import RunError
 
 CONSOLE_DIR = "consoles"  # a sweep's worker processes write their console output here, one file per member
 
-# What a member's exit code means in summary.csv.
-STATUS = {0: "finished", run.EXIT_DIVERGED: "diverged", run.EXIT_BAD_INPUT: "failed",
-          run.EXIT_NO_SPACE: "failed (disk full)", run.EXIT_FAULT: "failed (machine fault)",
-          run.EXIT_INTERRUPTED: "interrupted", run.EXIT_TERMINATED: "interrupted"}
+class Status(str, enum.Enum):
+    """A member's state; the value is what summary.csv and the pages say."""
+    FINISHED = "finished"
+    TRAINING = "training"
+    NOT_STARTED = "not started"
+    INTERRUPTED = "interrupted"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+    NO_SPACE = "failed (disk full)"
+    FAULT = "failed (machine fault)"
 
+    def __str__(self) -> str:
+        return self.value
 
-def status_of(code: Optional[int]) -> str:
-    """summary.csv's status for a member's exit code (negative: killed by that signal)."""
-    if code is not None and code < 0:
-        return "interrupted"
-    return STATUS.get(code, "failed")
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def failed(self) -> bool:
+        return self in (Status.FAILED, Status.NO_SPACE, Status.FAULT)
+
+    @classmethod
+    def of(cls, code: Optional[int]) -> "Status":
+        """The status a member's exit code means: None (it had nothing left to train) and 0 are
+        finished; a negative code (killed by that signal) or a stop code is interrupted."""
+        if code is None or code == errors.EXIT_OK:
+            return cls.FINISHED
+        if code < 0 or code in errors.STOPPED:
+            return cls.INTERRUPTED
+        return {errors.EXIT_DIVERGED: cls.DIVERGED, errors.EXIT_NO_SPACE: cls.NO_SPACE,
+                errors.EXIT_FAULT: cls.FAULT}.get(code, cls.FAILED)
+
+    @classmethod
+    def parse(cls, text: str) -> Optional["Status"]:
+        """summary.csv's text back as a Status; None for an empty cell."""
+        if not text:
+            return None
+        try:
+            return cls(text)
+        except ValueError:  # written by another version: keep what it means
+            return cls.FAILED if text.startswith("failed") else None
 
 
 def member_config(base: Config, sweep_dir: Path, member: dict) -> Config:
@@ -69,11 +99,8 @@ def train_member(sweep_dir, base: Config, member: dict, overrides: dict, rendere
         if checkpoint["epoch"] >= cfg.epochs:
             return None
     elif member_dir.exists():  # started, but no epoch finished: nothing in it to keep
-        lock = runfiles.lock_run_dir(member_dir)  # refuses if a live process still trains it
-        try:
+        with runfiles.RunFolder.existing(member_dir):  # refuses if a live process still trains it
             shutil.rmtree(member_dir)
-        finally:
-            os.close(lock)
     datasets = {} if datasets is None else datasets
     key = data_key(cfg)
     if key not in datasets:
@@ -97,14 +124,12 @@ def train_member_safely(sweep_dir, base_dict: dict, member: dict, overrides: dic
         torch.set_num_threads(max(1, threads))  # open_session keeps torch's current count when num_threads is 0
     try:
         return train_member(sweep_dir, base, member, overrides, expect_dataset=expect_dataset)
-    except (ConfigError, DataError, RunError, ValueError) as err:
-        print(f"error: {member['name']}: {err}", file=sys.stderr, flush=True)
-        return run.EXIT_BAD_INPUT
-    except runfiles.DiskFull as err:
-        print(f"error: {member['name']}: {err}", file=sys.stderr, flush=True)
-        return run.EXIT_NO_SPACE
-    except KeyboardInterrupt as stop:  # stopped before its first epoch began: nothing to keep
-        return run.stop_code(stop)
+    except (Exception, KeyboardInterrupt) as err:  # before its first epoch began: nothing of it to keep
+        code, line = errors.explain(err, who=member["name"], kept="its finished epochs are kept",
+                                    then=f"resume the sweep with: python train.py --resume {sweep_dir}")
+        if code not in errors.STOPPED:  # the sweep says how a stop ends
+            print(line, file=sys.stderr, flush=True)
+        return code
 
 
 def console_path(sweep_dir, member: dict) -> Path:
@@ -120,7 +145,7 @@ def console_to(path: Path):
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
     saved_streams = sys.stdout, sys.stderr
-    with open(path, "a", buffering=1) as out:
+    with open(path, "a", buffering=1, encoding="utf-8") as out:
         os.dup2(out.fileno(), 1)
         os.dup2(out.fileno(), 2)
         sys.stdout = sys.stderr = out
@@ -140,14 +165,14 @@ def worker_main(sweep_dir: str, base_dict: dict, member: dict, overrides: dict, 
     """Entry point of a local worker process (--workers N): one member, then exit with its code.
     Its console goes to consoles/<member>.txt (N progress bars on one terminal are unreadable);
     the sweep prints each member's epochs from its metrics.csv instead."""
-    os.setpgrp()  # a Ctrl-C on the terminal reaches the sweep only; the sweep passes one on to each member
+    errors.leave_terminal_group()  # a Ctrl-C on the terminal reaches the sweep only; the sweep passes one on to each member
     end_with_parent(parent)  # a sweep killed outright takes its workers with it
-    run.stop_on_sigterm()
+    errors.stop_on_sigterm()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:  # the sweep started us with Ctrl-C and SIGTERM blocked; one sent meanwhile arrives here
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        errors.hold_stops(False)
     except KeyboardInterrupt as stop:
-        os._exit(run.stop_code(stop))
+        os._exit(errors.stop_code(stop))
     with console_to(console_path(sweep_dir, member)):
         code = train_member_safely(sweep_dir, base_dict, member, overrides, threads, expect_dataset)
     sys.exit(0 if code is None else code)

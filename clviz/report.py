@@ -404,7 +404,7 @@ def write_run_page(run_dir: Path, running: Optional[tuple] = None) -> Path:
         caption = (f"test acc {_fmt(row.get('test_acc'))}% · nearest-center acc {_fmt(row.get('nearest_center_acc'))}% · "
                    f"intra/inter {_fmt(row.get('intra_inter_ratio'), 3)}") if row else ""
         frames.append({"epoch": epoch, "src": f"frames/{png.name}", "caption": caption})
-    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+    config_text = (run_dir / "config.yaml").read_text(encoding="utf-8") if (run_dir / "config.yaml").is_file() else ""
     last = rows[-1] if rows else {}
     intro = (f"<p>{len(rows)} epochs finished · {html.escape(str(last.get('dataset', '')))} · final test accuracy "
              f"{_fmt(last.get('test_acc'))}% · nearest-center {_fmt(last.get('nearest_center_acc'))}% · intra/inter "
@@ -467,7 +467,7 @@ def write_sweep_report(sweep_dir: Path, running: Optional[tuple] = None) -> Path
                            [html.escape(row["status"]), f"{row['epochs_done']}/{row['epochs']}", _fmt(row["test_acc"]),
                             _fmt(row["nearest_center_acc"]), _fmt(row["intra_inter_ratio"], 3)])
     table = _table(["member"] + keys + ["status", "epochs", "test acc %", "nearest-center %", "intra/inter"], member_rows)
-    results = (sweep_dir / "results.md").read_text() if (sweep_dir / "results.md").is_file() else ""
+    results = (sweep_dir / "results.md").read_text(encoding="utf-8") if (sweep_dir / "results.md").is_file() else ""
     intro = (f"<p>Sweep over {html.escape(', '.join(keys))}: {len(meta['members'])} runs, "
              f"{meta['config']['epochs']} epochs each. Each panel shows one run's test features.</p>")
     if running:
@@ -484,7 +484,7 @@ def write_sweep_report(sweep_dir: Path, running: Optional[tuple] = None) -> Path
     if (sweep_dir / "roc.png").is_file():
         sections += ('<h2 id="roc">Unknowns and verification</h2>' + ROC_NOTE +
                      '<img src="roc.png" alt="ROC curves of every run\'s last epoch">')
-    sections += f"<h2>Sweep</h2><pre>{html.escape((sweep_dir / runfiles.SWEEP_FILE).read_text())}</pre>"
+    sections += f"<h2>Sweep</h2><pre>{html.escape((sweep_dir / runfiles.SWEEP_FILE).read_text(encoding='utf-8'))}</pre>"
     out = sweep_dir / "index.html"
     runfiles.write_text(out, _page(sweep_dir.name, intro, frames, sections, LIVE_REFRESH_S if running else None))
     return out

@@ -4,9 +4,7 @@ frame, save the checkpoint. train.py and sweeps both drive it."""
 
 import dataclasses
 import math
-import os
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,50 +16,20 @@ from tqdm import tqdm
 
 from clviz import config as configlib
 from clviz import data as datalib
-from clviz import frames, gif, interactive, report, runfiles, tensorboard_log
+from clviz import errors, frames, gif, interactive, report, runfiles, tensorboard_log
 from clviz import metrics as metricslib
 from clviz.background import BackgroundRenderer
 from clviz.config import Config, ConfigError
 from clviz.runfiles import RunError, RunLog
 from clviz.speed import Speed, pick_device, resolve_speed
 from clviz.tensorboard_log import TensorBoardLog
-from clviz.training import Diverged, EpochRunner, Parts, build_parts, evaluate
+from clviz.training import EpochRunner, Parts, build_parts, evaluate
 from nets import head_settings
 
 # Fields a resumed run may change: they alter neither the maths nor the files already written.
 # data_dir may point a resumed run at a moved copy of its data, which is checked to be the same data.
 RESUMABLE_OVERRIDES = ("epochs", "device", "bf16", "channels_last", "cuda_graphs", "fused_prelu", "fft_conv", "folded_eval",
                        "num_threads", "data_dir", "tensorboard")
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_NO_SPACE, EXIT_FAULT, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 4, 5, 130, 143
-
-
-def machine_fault(err: BaseException) -> Optional[str]:
-    """What the machine did, in a few words, for errors that are not the program's
-    (out of memory, an I/O error); None for anything else, which is a bug and keeps its traceback."""
-    text = str(err)
-    if isinstance(err, MemoryError) or (isinstance(err, RuntimeError) and ("out of memory" in text.lower()
-                                                                          or "can't allocate memory" in text)):
-        return "out of memory"
-    if isinstance(err, OSError):
-        return err.strerror or runfiles.first_line(err)
-    return None
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what Slurm, Kubernetes, systemd and `timeout` send), handled as Ctrl-C is."""
-
-
-def stop_on_sigterm() -> None:
-    """From here on SIGTERM raises Terminated in the main thread, so a run stops as on Ctrl-C."""
-    def handler(signum, frame):
-        raise Terminated()
-    signal.signal(signal.SIGTERM, handler)
-
-
-def stop_code(stop: KeyboardInterrupt) -> int:
-    return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
-
-
 @dataclass
 class Session:
     """Everything one run needs, built before the first epoch."""
@@ -77,7 +45,7 @@ class Session:
     metrics: list
     log: RunLog
     data_signature: dict  # name, sizes and label checksum of the data; checkpointed and checked on resume
-    lock: int  # descriptor holding the run folder's lock until the run ends (runfiles.lock_run_dir)
+    folder: runfiles.RunFolder  # holds the run folder's lock until the run ends (fit)
     tensorboard: Optional[TensorBoardLog] = None  # --tensorboard
     pairs: Optional[dict] = None  # the verification pairs (verification_pairs), None with verify_pairs 0
 
@@ -156,51 +124,46 @@ def open_session(cfg: Config, *, config_name: str = "run", checkpoint: Optional[
     parts = build_parts(cfg, device, speed, num_classes=len(dataset.class_names))
     generator = torch.Generator().manual_seed(cfg.seed)
     if checkpoint is None:
-        run_dir = runfiles.new_run_dir(cfg.output_dir, cfg.run_name or default_run_name(cfg.output_dir, config_name))
-        lock = runfiles.lock_run_dir(run_dir)
+        folder = runfiles.RunFolder.new(cfg.output_dir, cfg.run_name, config_name)
+        run_dir = folder.path
         cfg = dataclasses.replace(cfg, run_name=run_dir.name)
         start_epoch, metrics = 1, []
     else:
-        lock = runfiles.lock_run_dir(run_dir)  # before anything in it changes
-        runfiles.clear_leftovers(run_dir)
-        try:
-            parts.load_state_dict(checkpoint["parts"])
-        except (RuntimeError, KeyError, ValueError) as err:
-            os.close(lock)
-            raise RunError(f"{run_dir}/checkpoint.pt does not fit this model ({str(err).splitlines()[0][:120]}); "
-                           "it was made by another version or config, start a new run") from None
-        generator.set_state(checkpoint["rng"]["data"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        start_epoch, metrics = checkpoint["epoch"] + 1, list(checkpoint["metrics"])
-        runfiles.write_metrics(run_dir, metrics)  # drop any row newer than the checkpoint
-
-    try:
+        folder = runfiles.RunFolder.existing(run_dir)  # locked before anything in it changes
+    with folder:  # a failure from here on releases the lock, and removes a new folder
+        if checkpoint is not None:
+            runfiles.clear_leftovers(run_dir)
+            try:
+                parts.load_state_dict(checkpoint["parts"])
+            except (RuntimeError, KeyError, ValueError) as err:
+                raise RunError(f"{run_dir}/checkpoint.pt does not fit this model ({str(err).splitlines()[0][:120]}); "
+                               "it was made by another version or config, start a new run") from None
+            generator.set_state(checkpoint["rng"]["data"])
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+            start_epoch, metrics = checkpoint["epoch"] + 1, list(checkpoint["metrics"])
+            runfiles.write_metrics(run_dir, metrics)  # drop any row newer than the checkpoint
         runfiles.write_config(run_dir, configlib.to_dict(cfg), comment="; ".join(filter(None, (recipe_note, short_note))))
         pairs = verification_pairs(run_dir, cfg, dataset)
-    except runfiles.DiskFull as err:
-        os.close(lock)
-        if checkpoint is None:  # an empty folder would only block the next attempt
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise RunError(f"{err}; free space and run the same command again") from None
-        raise RunError(f"{err}; free space and resume with: python train.py --resume {run_dir}") from None
-    log = RunLog(run_dir)
-    device_text = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.backends.cpu.get_cpu_capability()})"
-    for line in runfiles.environment_lines(f"{device_text}; {speed.describe()}"):
-        log(line)
-    log(("resuming " if checkpoint else "run ") + f"{run_dir} from epoch {start_epoch}; dataset {dataset.name} "
-        f"({len(dataset.train):,} train / {len(dataset.test):,} test images)")
-    if dataset.notice:
-        log(f"notice: {dataset.notice}")
-    if dataset.unknown is not None or cfg.verify_pairs:
-        log(open_set_line(dataset, pairs))
-    for line in (recipe_note, short_note, warning):
-        if line:
+        log = RunLog(run_dir)
+        device_text = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                       else f"cpu ({torch.backends.cpu.get_cpu_capability()})")
+        for line in runfiles.environment_lines(f"{device_text}; {speed.describe()}"):
             log(line)
-    log("config:\n  " + configlib.to_yaml(cfg).strip().replace("\n", "\n  "), console=False)
-    log(f"config: {config_changes(cfg)} (all of it in {run_dir / runfiles.CONFIG})")
-    runner = EpochRunner(parts, dataset.train, cfg, speed)
-    return Session(cfg, run_dir, device, speed, dataset, parts, runner, generator, start_epoch, metrics, log,
-                   data_signature, lock, tensorboard_log.open_log(cfg.tensorboard, run_dir), pairs)
+        log(("resuming " if checkpoint else "run ") + f"{run_dir} from epoch {start_epoch}; dataset {dataset.name} "
+            f"({len(dataset.train):,} train / {len(dataset.test):,} test images)")
+        if dataset.notice:
+            log(f"notice: {dataset.notice}")
+        if dataset.unknown is not None or cfg.verify_pairs:
+            log(open_set_line(dataset, pairs))
+        for line in (recipe_note, short_note, warning):
+            if line:
+                log(line)
+        log("config:\n  " + configlib.to_yaml(cfg).strip().replace("\n", "\n  "), console=False)
+        log(f"config: {config_changes(cfg)} (all of it in {run_dir / runfiles.CONFIG})")
+        runner = EpochRunner(parts, dataset.train, cfg, speed)
+        board = tensorboard_log.open_log(cfg.tensorboard, run_dir)
+        return Session(cfg, run_dir, device, speed, dataset, parts, runner, generator, start_epoch, metrics, log,
+                       data_signature, folder, board, pairs)
 
 
 def pairs_split(dataset: datalib.Dataset) -> str:
@@ -267,25 +230,17 @@ def config_changes(cfg: Config) -> str:
 
 
 def load_dataset(cfg: Config, resuming: bool = False) -> datalib.Dataset:
-    """A resumed run never falls back to the sample: it must find the data it started with."""
+    """A resumed run never falls back to the sample: it must find the data it started with;
+    nor does a run whose --data-dir the user named (only the default folder does)."""
     try:
         return datalib.load(cfg.dataset, cfg.data_dir, allow_sample_fallback=cfg.allow_sample_fallback and not resuming,
                             train_subset=cfg.train_subset, mean=cfg.input_mean, std=cfg.input_std,
-                            unknown_classes=configlib.unknown_classes(cfg))
+                            unknown_classes=configlib.unknown_classes(cfg), named=configlib.names_data_dir(cfg))
     except datalib.DataError as err:
         if not resuming:
             raise
         raise datalib.DataError(f"this run trained on {cfg.dataset} from {cfg.data_dir}, which cannot be read now "
                                 f"({str(err).split(';')[0]}); pass --data-dir with --resume to point at a copy") from None
-
-
-def default_run_name(output_dir: str, config_name: str) -> str:
-    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{config_name}"
-    suffix = 2
-    while (Path(output_dir) / name).exists():  # two runs started in the same second
-        name = f"{time.strftime('%Y%m%d-%H%M%S')}-{config_name}-{suffix}"
-        suffix += 1
-    return name
 
 
 def fit(s: Session, renderer: Optional[BackgroundRenderer] = None) -> int:
@@ -295,7 +250,7 @@ def fit(s: Session, renderer: Optional[BackgroundRenderer] = None) -> int:
     finally:
         if s.tensorboard:
             s.tensorboard.close()
-        os.close(s.lock)
+        s.folder.release()
 
 
 def train_epochs(s: Session, renderer: Optional[BackgroundRenderer] = None) -> int:
@@ -337,52 +292,49 @@ def train_epochs(s: Session, renderer: Optional[BackgroundRenderer] = None) -> i
                   f"train acc {row['train_acc']:.1f}% | test acc {test.accuracy:.2f}% | nearest-center "
                   f"{row['nearest_center_acc']:.2f}% | intra/inter {row['intra_inter_ratio']:.3f}{open_text(row)} | "
                   f"{row['epoch_seconds']:.1f} s")
-    except KeyboardInterrupt as stop:
-        what = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
-        if not s.metrics:  # nothing finished: no checkpoint, so nothing to resume
-            if own_renderer:
-                renderer.close()
-            shutil.rmtree(s.run_dir, ignore_errors=True)
-            s.log.path = None
-            s.log(f"{what} in epoch {s.start_epoch} before it finished: nothing to resume; removed {s.run_dir}")
-            return stop_code(stop)
-        s.log(f"{what}: every finished epoch is saved in {s.run_dir}")
-        finish(s, renderer, own_renderer)
-        s.log(f"resume with: python train.py --resume {s.run_dir}")
-        return stop_code(stop)
-    except runfiles.DiskFull as err:
-        s.log.path = None  # log.txt cannot grow either
-        if not s.metrics:
-            shutil.rmtree(s.run_dir, ignore_errors=True)
-            s.log(f"error: {err}; nothing finished, removed {s.run_dir}; free space and run the same command again")
-        else:
-            s.log(f"error: {err}; every finished epoch is kept; free space and resume with: "
-                  f"python train.py --resume {s.run_dir}")
-        if own_renderer:
-            renderer.close()
-        return EXIT_NO_SPACE
-    except Diverged as err:
-        s.log(f"error: {err}. Training stopped; lower --center-loss-weight (now {cfg.center_loss_weight:g}), "
-              f"--lr (now {cfg.lr:g}) or --center-lr (now {cfg.center_lr:g}). Finished epochs are kept in {s.run_dir}")
-        finish(s, renderer, own_renderer)
-        return EXIT_DIVERGED
-    except (MemoryError, OSError, RuntimeError) as err:
-        fault = machine_fault(err)
-        if fault is None:
-            raise
-        if own_renderer:
-            renderer.pool.shutdown(wait=False, cancel_futures=True)
-        where = f" while writing {err.filename}" if isinstance(err, OSError) and err.filename else ""
-        if not s.metrics:
-            shutil.rmtree(s.run_dir, ignore_errors=True)
-            s.log(f"error: {fault}{where} in the first epoch; nothing finished, removed {s.run_dir}; "
-                  "run the same command again once the machine has recovered")
-        else:
-            s.log(f"error: {fault}{where} after epoch {len(s.metrics)}; every finished epoch is kept in {s.run_dir}; "
-                  f"resume with: python train.py --resume {s.run_dir}")
-        return EXIT_FAULT
+    except (Exception, KeyboardInterrupt) as err:
+        return end_early(s, err, renderer, own_renderer)
     finish(s, renderer, own_renderer)
     return 0
+
+
+def end_early(s: Session, err: BaseException, renderer: BackgroundRenderer, own_renderer: bool) -> int:
+    """The one way a run ends before its last epoch (Ctrl-C, SIGTERM, disk full, divergence,
+    the machine's fault): with no finished epoch there is nothing to resume, so the folder
+    goes (but for a diverged run, whose log says where); otherwise every finished epoch stays, the GIF and page are drawn where the disk
+    and the machine still allow it, and the resume command is printed. A bug re-raises."""
+    code = errors.exit_code(err)
+    if code is None:
+        raise err
+    if code == errors.EXIT_NO_SPACE:
+        s.log.path = None  # log.txt cannot grow either
+    if not s.metrics and code != errors.EXIT_DIVERGED:  # a diverged run keeps its log: it says where it blew up
+        if own_renderer:
+            renderer.close()
+        shutil.rmtree(s.run_dir, ignore_errors=True)
+        s.log.path = None
+        s.log(errors.explain(err, when=f" in epoch {s.start_epoch} before it finished",
+                             kept=f"nothing to resume, removed {s.run_dir}")[1])
+        return code
+    resume = f"resume with: python train.py --resume {s.run_dir}"
+    kept = f"every finished epoch is kept in {s.run_dir}"
+    if code == errors.EXIT_DIVERGED:
+        cfg = s.cfg
+        s.log(errors.explain(err, kept="training stopped; " + kept,
+                             then=f"lower --center-loss-weight (now {cfg.center_loss_weight:g}), --lr (now {cfg.lr:g}) "
+                                  f"or --center-lr (now {cfg.center_lr:g})")[1])
+        finish(s, renderer, own_renderer)
+    elif code in errors.STOPPED:  # the GIF and page of the epochs so far, then how to go on
+        s.log(errors.explain(err, kept=kept, then="drawing the GIF")[1])
+        finish(s, renderer, own_renderer)
+        s.log(resume)
+    else:  # no space, or the machine failed: drawing now would only fail again
+        if own_renderer and code == errors.EXIT_NO_SPACE:
+            renderer.close()  # what it was drawing fails on its own, or fits
+        elif own_renderer:
+            renderer.pool.shutdown(wait=False, cancel_futures=True)
+        s.log(errors.explain(err, when=f" after epoch {len(s.metrics)}", kept=kept, then=resume)[1])
+    return code
 
 
 def metrics_row(s: Session, epoch: int, lr: float, train, test_nll: float, test_acc: float, shape: dict,

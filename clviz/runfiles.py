@@ -1,19 +1,6 @@
-"""Every file of a run folder and of a sweep folder: its name, its format, and
-how it is written (whole or not at all) and read back.
-
-outputs/<run>/
-    config.yaml        resolved config (what to pass to reproduce the run)
-    log.txt            library versions, git commit, device, then one line per epoch
-    metrics.csv        one row per finished epoch
-    checkpoint.pt      model, centers, both optimizers, scheduler, epoch, RNG states, config, metrics
-    embeddings/epoch_007.npz   train/test features, labels, centers (float16) and what they are (fields)
-    frames/epoch_007.png       the drawing of that npz (frames.py)
-    features.gif       all frames, looping (gif.py)
-
-outputs/<sweep>/
-    sweep.yaml         the axes, the members and the shared config
-    summary.csv        one row per member: status and final metrics
-    <member>/          one run folder as above
+"""Every file of a run folder and of a sweep folder: its name (the constants below),
+its format, and how it is written (whole or not at all) and read back. What each
+file holds, and the folders' layout: docs/run_folder.md (the one description).
 
 A crash or kill can come at any instant, so each file is written to a
 temporary name beside it and renamed into place: the rename is atomic, so a
@@ -24,19 +11,21 @@ written last in an epoch; on resume anything newer than it is discarded.
 import contextlib
 import csv
 import errno
-import fcntl
 import io
+import itertools
 import os
 import pickle
 import platform
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+import filelock
 import imageio
 import matplotlib
 import numpy as np
@@ -51,6 +40,7 @@ CONFIG = "config.yaml"
 EMBEDDINGS = "embeddings"
 PAIRS = "verify_pairs.npz"  # the run's fixed verification pairs (indices into the test or unknown split)
 FRAMES = "frames"
+LOCK = ".lock"  # held (lock_run_dir) while a process trains or redraws the run; empty
 CHECKPOINT_FORMAT = 1
 SWEEP_FILE = "sweep.yaml"
 SUMMARY = "summary.csv"
@@ -122,7 +112,7 @@ def first_line(err: BaseException) -> str:
 
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
+        Path(tmp).write_text(text, encoding="utf-8")
 
 
 def check_writable(folder: Path, fix: str = "choose another --output-dir") -> None:
@@ -136,32 +126,96 @@ def check_writable(folder: Path, fix: str = "choose another --output-dir") -> No
         raise RunError(f"cannot write to {folder} ({err.strerror}); {fix}") from None
 
 
-def new_run_dir(output_dir: str, run_name: str) -> Path:
-    """Create outputs/<run_name>; an existing run is never overwritten."""
+def make_folder(output_dir: str, name: Optional[str], default: str) -> Path:
+    """Create outputs/<name> for a new run or sweep; an existing folder is never reused.
+    `name` given (--run-name): exactly that, or a RunError. None: `<timestamp>-<default>`,
+    with -2, -3, ... when that exists, claimed by an atomic mkdir, so two runs or sweeps
+    started in the same second (even in two processes) get a folder each."""
     parent = Path(output_dir)
     check_writable(parent)
-    run_dir = parent / run_name
-    if run_dir.exists():
-        raise RunError(f"run folder {run_dir} already exists; pick another --run-name, or continue it with --resume {run_dir}")
-    run_dir.mkdir()
+    if name is not None:
+        folder = parent / name
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            raise RunError(f"folder {folder} already exists; pick another --run-name, or continue it with "
+                           f"--resume {folder}") from None
+        return folder
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{default}"
+    for suffix in itertools.count(1):
+        folder = parent / (stem if suffix == 1 else f"{stem}-{suffix}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+
+
+def new_run_dir(output_dir: str, run_name: Optional[str], default: str) -> Path:
+    """A new run folder (make_folder) with its embeddings/ and frames/."""
+    run_dir = make_folder(output_dir, run_name, default)
     (run_dir / EMBEDDINGS).mkdir()
     (run_dir / FRAMES).mkdir()
     return run_dir
 
 
-def lock_run_dir(run_dir: Path) -> int:
-    """Hold an exclusive lock on the run folder for as long as this process lives
-    (flock on the folder itself: no lock file to leave behind, and the kernel
-    releases it however the process ends, so a lock is never stale).
-    Returns the descriptor; a second process gets a RunError."""
-    handle = os.open(run_dir, os.O_RDONLY)
+def lock_run_dir(run_dir: Path) -> filelock.BaseFileLock:
+    """Hold an exclusive lock on the run folder (its LOCK file, through filelock: flock on
+    Linux and macOS, msvcrt on Windows) until `.release()`. The system releases it
+    however the process ends, so a lock is never stale. A second process gets a RunError."""
+    lock = filelock.FileLock(Path(run_dir) / LOCK, timeout=0)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(handle)
+        lock.acquire()
+    except filelock.Timeout:
         raise RunError(f"{run_dir} is in use by another train.py right now; wait for it to finish or stop it, "
                        "then resume") from None
-    return handle
+    except OSError as err:
+        raise RunError(f"cannot lock {run_dir} ({err.strerror or first_line(err)}); make the folder writable") from None
+    return lock
+
+
+class RunFolder:
+    """A run folder held under its lock while a run uses it. Used as `with folder:`
+    around the start-up steps: if one fails, the lock is released and a folder made
+    for this run is removed (an empty folder would only block the next attempt);
+    if they all succeed, the run holds the folder until `release()`."""
+
+    def __init__(self, path: Path, made: bool):
+        self.path, self.made, self._lock = Path(path), made, None
+        try:
+            self._lock = lock_run_dir(self.path)
+        except BaseException:
+            self.discard()
+            raise
+
+    @classmethod
+    def new(cls, output_dir: str, run_name: Optional[str], default: str) -> "RunFolder":
+        """A new run folder, made now (make_folder)."""
+        return cls(new_run_dir(output_dir, run_name, default), made=True)
+
+    @classmethod
+    def existing(cls, run_dir: Path) -> "RunFolder":
+        """A run folder to resume: what it holds stays, whatever happens."""
+        return cls(run_dir, made=False)
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def discard(self) -> None:
+        """Release the lock; remove the folder if it was made for this run."""
+        self.release()
+        if self.made:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, kind, err, trace) -> bool:
+        if kind is not None:
+            self.discard()
+        return False
 
 
 def existing_run_dir(path: str) -> Path:
@@ -226,7 +280,7 @@ def write_metrics(run_dir: Path, rows: list) -> None:
 def read_metrics(run_dir: Path) -> list:
     """metrics.csv as dicts of strings; a damaged line is a RunError naming the file and line."""
     path = Path(run_dir) / METRICS
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     for line, row in enumerate(rows, start=2):
         try:
@@ -277,7 +331,7 @@ class RunLog:
             tqdm.write(message)
         if self.path:
             try:
-                with open(self.path, "a") as handle:
+                with open(self.path, "a", encoding="utf-8") as handle:
                     handle.write(message + "\n")
             except OSError as err:
                 if err.errno == errno.ENOSPC:
@@ -298,7 +352,7 @@ def read_config(run_dir: Path) -> dict:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         return {}
-    return yaml.safe_load(path.read_text()) or {}
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
 # ---------- embeddings/epoch_NNN.npz ----------
@@ -424,7 +478,7 @@ def write_sweep_meta(sweep_dir: Path, meta: dict) -> None:
 
 def read_sweep_meta(sweep_dir: Path) -> dict:
     try:
-        return yaml.safe_load((Path(sweep_dir) / SWEEP_FILE).read_text())
+        return yaml.safe_load((Path(sweep_dir) / SWEEP_FILE).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
         raise RunError(f"cannot read {Path(sweep_dir) / SWEEP_FILE} ({err}); it was not written by train.py --sweep") from None
 
@@ -433,7 +487,7 @@ def read_summary(sweep_dir: Path) -> list:
     path = Path(sweep_dir) / SUMMARY
     if not path.is_file():
         return []
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 

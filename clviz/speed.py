@@ -44,7 +44,7 @@ def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bf16 matrix maths in hardware. Without them bf16 is
     emulated on the CPU and slower than fp32."""
     try:
-        with open("/proc/cpuinfo") as handle:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
             flags = next((line for line in handle if line.startswith("flags")), "").split()
     except OSError:
         return False

@@ -5,16 +5,9 @@ trained one after another into one folder and drawn side by side.
     python train.py --sweep center_loss_weight=0,0.01 --sweep center_update=sgd,paper --sweep seed=0,1,2
     python train.py --resume outputs/<sweep>          # finish the members that did not finish
 
-outputs/<sweep>/
-    sweep.yaml          the axes, the members and the shared config
-    <key=value>/        one ordinary run folder per member (see run.py, runfiles.py)
-    consoles/           with --workers or --ray-address: each member's console output
-    summary.csv         one row per member: status and final metrics
-    results.md          the same as a table; over a `seed` axis, mean ± std per setting
-    grid_frames/        one picture per epoch, a panel per member (test features)
-    grid.gif, grid.png  every epoch, and the final one
-    metrics.png         test accuracy and intra/inter ratio per epoch, a line per member
-    index.html          the sweep's page (open it in a browser)
+Each member is an ordinary run folder inside the sweep folder; the sweep's own
+files (sweep.yaml, summary.csv, results.md, the grid pictures, the page) are
+listed in docs/run_folder.md.
 
 Members train one after another in this process, or several at once:
 `--workers N` on this machine (workers.py), `--ray-address` on a Ray cluster
@@ -26,20 +19,22 @@ where it stopped.
 
 import dataclasses
 import itertools
+import shutil
 import statistics
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from clviz import cluster, grid, report, run, runfiles, workers
+from clviz import cluster, errors, grid, report, run, runfiles, workers
 from clviz import config as configlib
 from clviz import member as memberlib
 from clviz.background import BackgroundRenderer
 from clviz.config import ConfigError
 from clviz.grid import value_text
+from clviz.member import Status
 from clviz.runfiles import RunError
 
 NOT_SWEEPABLE = ("output_dir", "run_name")
@@ -97,14 +92,14 @@ def start(args) -> tuple:
     for member in members:  # every combination must be a valid config before anything is written
         configlib.check_together(dataclasses.replace(base, **member["values"]))
     runfiles.check_writable(Path(base.output_dir))
-    name = base.run_name or f"{time.strftime('%Y%m%d-%H%M%S')}-sweep-{'-'.join(key for key, _ in axes)}"
-    sweep_dir = Path(base.output_dir) / name
-    if sweep_dir.exists():
-        raise RunError(f"sweep folder {sweep_dir} already exists; pick another --run-name, or continue it with --resume {sweep_dir}")
-    sweep_dir.mkdir()
+    sweep_dir = runfiles.make_folder(base.output_dir, base.run_name, f"sweep-{'-'.join(key for key, _ in axes)}")
     meta = {"axes": [{"key": key, "values": values} for key, values in axes], "members": members,
             "config_file": config_name, "config": configlib.to_dict(base)}
-    runfiles.write_sweep_meta(sweep_dir, meta)
+    try:
+        runfiles.write_sweep_meta(sweep_dir, meta)
+    except BaseException:  # a folder without its sweep.yaml would only block the next attempt
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        raise
     return sweep_dir, base, members
 
 
@@ -133,7 +128,7 @@ def train_sweep(args, resume_dir, spread, ray) -> int:
     else:
         sweep_dir, base, members = start(args)
         overrides = {}
-    previous = {row["member"]: row["status"] for row in runfiles.read_summary(sweep_dir)}
+    state = SweepState.read(sweep_dir, members)
     where = (f", on the Ray cluster at {spread.ray_address}" if spread.ray_address else
              f", {spread.workers} at a time" if spread.workers > 1 else "")
     print(f"sweep {sweep_dir}: {len(members)} members, {base.epochs} epochs each{where}")
@@ -141,31 +136,29 @@ def train_sweep(args, resume_dir, spread, ray) -> int:
         print(thread_note(workers.threads_per_worker(spread.workers), torch.get_num_threads()))
     try:
         if spread.ray_address or spread.workers > 1:
-            code = train_spread(sweep_dir, base, members, overrides, previous, spread, ray)
+            code = train_spread(state, base, overrides, spread, ray)
         else:
-            code = train_members(sweep_dir, base, members, overrides, previous)
+            code = train_members(state, base, overrides)
     except KeyboardInterrupt as stop:  # between members (a member's own epochs handle Ctrl-C themselves)
-        code = run.stop_code(stop)
+        code = errors.stop_code(stop)
     try:
         finish(sweep_dir)
     except (MemoryError, OSError, RuntimeError) as err:  # the machine's fault while drawing: say what to redraw
-        fault = str(err) if isinstance(err, runfiles.DiskFull) else run.machine_fault(err)
-        if fault is None:  # a bug keeps its traceback
-            raise
-        print(f"error: {fault} while drawing the sweep's grid and page; every member's finished epochs are kept; "
-              f"{'free space and ' if isinstance(err, runfiles.DiskFull) else ''}redraw with python visualize.py "
-              f"{sweep_dir}", file=sys.stderr)
-        return run.EXIT_NO_SPACE if isinstance(err, runfiles.DiskFull) else run.EXIT_FAULT
-    if code in (run.EXIT_INTERRUPTED, run.EXIT_TERMINATED):
+        drawn_code, line = errors.explain(err, when=" while drawing the sweep's grid and page",
+                                          kept="every member's finished epochs are kept",
+                                          then=f"redraw with python visualize.py {sweep_dir}")
+        print(line, file=sys.stderr)
+        return drawn_code
+    if code in errors.STOPPED:
         print(f"sweep interrupted; resume with: python train.py --resume {sweep_dir}")
         return code
-    failed = [row["member"] for row in runfiles.read_summary(sweep_dir) if row["status"].startswith("failed")]
+    failed = [name for name, status in SweepState.read(sweep_dir, members).statuses.items() if status and status.failed]
     if failed:
         print(f"error: {len(failed)} member{'s' if len(failed) != 1 else ''} failed ({', '.join(failed[:3])}"
               f"{', ...' if len(failed) > 3 else ''}); its console says why ({sweep_dir / memberlib.CONSOLE_DIR}/"
               f"<member>.txt, or above); fix that and resume with: python train.py --resume {sweep_dir}",
               file=sys.stderr)
-        return run.EXIT_FAULT
+        return errors.EXIT_FAULT
     return 0
 
 
@@ -180,32 +173,33 @@ def thread_note(member_threads: int, alone_threads: int) -> str:
 
 def check_work_left(sweep_dir: Path, members: list, epochs: int) -> None:
     """Refuse to resume a sweep whose every member has finished (or diverged), as a finished run is refused."""
-    statuses = {row["member"]: row["status"] for row in runfiles.read_summary(sweep_dir)}
+    state = SweepState.read(sweep_dir, members)
     for member in members:
         done = memberlib.epochs_done(Path(sweep_dir) / member["name"])
-        if statuses.get(member["name"]) != "diverged" and done < epochs:
+        if state.of(member) != Status.DIVERGED and done < epochs:
             return
     raise RunError(f"sweep {sweep_dir} already finished all {epochs} epochs of every member; pass --epochs N "
                    f"(N > {epochs}) to train further, or redraw it with python visualize.py {sweep_dir}")
 
 
-def train_members(sweep_dir: Path, base, members: list, overrides: dict, previous: dict) -> int:
+def train_members(state: "SweepState", base, overrides: dict) -> int:
     """One member after another in this process, with one drawing process and one copy of the data for all."""
     datasets, code = {}, 0
     renderer = BackgroundRenderer()
+    members = state.members
     try:
         for number, member in enumerate(members, start=1):
-            if previous.get(member["name"]) == "diverged":
+            if state.of(member) == Status.DIVERGED:
                 print(f"[{number}/{len(members)}] {member['name']}: diverged before, skipped")
                 continue
-            if left_to_train(sweep_dir, base, member, overrides) == 0:
+            if left_to_train(state.folder, base, member, overrides) == 0:
                 continue
             print(f"[{number}/{len(members)}] {member['name']}")
-            code = memberlib.train_member(sweep_dir, base, member, overrides, renderer=renderer, datasets=datasets)
-            code = 0 if code is None else code
-            previous[member["name"]] = memberlib.status_of(code)
-            write_summary(sweep_dir, members, previous)
-            if code in (run.EXIT_INTERRUPTED, run.EXIT_TERMINATED):
+            code = memberlib.train_member(state.folder, base, member, overrides, renderer=renderer, datasets=datasets)
+            code = errors.EXIT_OK if code is None else code
+            state.set(member, Status.of(code))
+            state.write()
+            if code in errors.STOPPED:
                 break
     finally:
         renderer.close()
@@ -221,38 +215,35 @@ def left_to_train(sweep_dir: Path, base, member: dict, overrides: dict) -> int:
     return base.epochs
 
 
-def train_spread(sweep_dir: Path, base, members: list, overrides: dict, previous: dict, spread, ray=None) -> int:
+def train_spread(state: "SweepState", base, overrides: dict, spread, ray=None) -> int:
     """Members in worker processes (--workers) or as Ray tasks (--ray-address); the summary,
     results table, grid picture and page are redrawn as each member ends."""
-    todo = [m for m in members if previous.get(m["name"]) != "diverged"
+    sweep_dir = state.folder
+    todo = [m for m in state.members if state.of(m) != Status.DIVERGED
             and left_to_train(sweep_dir, base, m, overrides) > 0]
-    progress = memberlib.Progress(sweep_dir, members)
-    previous.update({member["name"]: "training" for member in todo})
-    try:
-        return train_elsewhere(sweep_dir, base, members, todo, overrides, previous, spread, ray, progress)
-    finally:  # members that never ran (stopped before their turn) are "not started", as in a sequential sweep
-        for name, status in previous.items():
-            if status == "training":
-                previous[name] = None
-        write_summary(sweep_dir, members, previous)
-
-
-def train_elsewhere(sweep_dir, base, members, todo, overrides, previous, spread, ray, progress) -> int:
-    """The members `todo` on the workers or the cluster; each end updates `previous` and the live pictures."""
+    progress = memberlib.Progress(sweep_dir, state.members)
+    for member in todo:
+        state.set(member, Status.TRAINING)
 
     def on_done(member, code):
-        status = "finished" if code is None else memberlib.status_of(code)
-        if status == "interrupted" and memberlib.epochs_done(Path(sweep_dir) / member["name"]) == 0:
-            status = "not started"  # cancelled while queued, or stopped in its first epoch: nothing kept
-        previous[member["name"]] = status
+        status = Status.of(code)
+        if status == Status.INTERRUPTED and memberlib.epochs_done(sweep_dir / member["name"]) == 0:
+            status = Status.NOT_STARTED  # cancelled while queued, or stopped in its first epoch: nothing kept
+        state.set(member, status)
         progress.ended(member, status)
-        draw_progress(sweep_dir, members, previous)
+        draw_progress(state)
 
-    draw_progress(sweep_dir, members, previous)
-    if spread.ray_address:
-        return cluster.train_on_ray(ray, sweep_dir, base, todo, overrides, spread, progress, on_done,
-                                    expected_datasets(sweep_dir, base, todo))
-    return workers.train_in_workers(sweep_dir, base, todo, overrides, spread.workers, progress, on_done)
+    try:
+        draw_progress(state)
+        if spread.ray_address:
+            return cluster.train_on_ray(ray, sweep_dir, base, todo, overrides, spread, progress, on_done,
+                                        expected_datasets(sweep_dir, base, todo))
+        return workers.train_in_workers(sweep_dir, base, todo, overrides, spread.workers, progress, on_done)
+    finally:  # members that never ran (stopped before their turn) are "not started", as in a sequential sweep
+        for member in state.members:
+            if state.of(member) == Status.TRAINING:
+                state.set(member, None)
+        state.write()
 
 
 def expected_datasets(sweep_dir: Path, base, todo: list) -> dict:
@@ -268,11 +259,12 @@ def expected_datasets(sweep_dir: Path, base, todo: list) -> dict:
     return expected
 
 
-def draw_progress(sweep_dir: Path, members: list, statuses: dict) -> None:
+def draw_progress(state: "SweepState") -> None:
     """summary.csv, results.md, the newest grid picture and the live page, while members still train."""
-    rows = write_summary(sweep_dir, members, statuses)
+    sweep_dir, members = state.folder, state.members
+    rows = state.write()
     runfiles.write_text(sweep_dir / "results.md", results_table(runfiles.read_sweep_meta(sweep_dir), rows))
-    done = sum(row["status"] not in ("not started", "training") for row in rows)
+    done = sum(row["status"] not in (Status.NOT_STARTED, Status.TRAINING) for row in rows)
     grid.make_grid(sweep_dir, configlib.build(runfiles.read_sweep_meta(sweep_dir)["config"]), newest_only=True)
     report.write_sweep_report(sweep_dir, running=(done, len(members)))
 
@@ -280,8 +272,7 @@ def draw_progress(sweep_dir: Path, members: list, statuses: dict) -> None:
 def finish(sweep_dir: Path) -> None:
     """Summary, results table, grid GIF and page from what is on disk."""
     meta = runfiles.read_sweep_meta(sweep_dir)
-    statuses = {row["member"]: row["status"] for row in runfiles.read_summary(sweep_dir)}
-    rows = write_summary(sweep_dir, meta["members"], statuses)
+    rows = SweepState.read(sweep_dir, meta["members"]).write()
     table = results_table(meta, rows)
     runfiles.write_text(sweep_dir / "results.md", table)
     print(table)
@@ -293,23 +284,44 @@ def finish(sweep_dir: Path) -> None:
 
 # ---------- summary ----------
 
-def write_summary(sweep_dir: Path, members: list, statuses: dict) -> list:
-    """One row per member from its metrics.csv (the last finished epoch)."""
-    rows = []
-    for member in members:
-        member_dir = Path(sweep_dir) / member["name"]
-        metrics = runfiles.read_metrics(member_dir) if (member_dir / runfiles.METRICS).is_file() else []
-        last = metrics[-1] if metrics else {}
-        epochs = runfiles.read_config(member_dir).get("epochs", "")
-        status = statuses.get(member["name"]) or ("not started" if not metrics else "interrupted")
-        if metrics and epochs and len(metrics) >= epochs:
-            status = "finished"
-        row = {"member": member["name"], **{k: value_text(v) for k, v in member["values"].items()}, "status": status,
-               "epochs_done": len(metrics), "epochs": epochs, "dataset": last.get("dataset", "")}
-        row.update({column: last.get(column, "") for column in FINAL_COLUMNS})
-        rows.append(row)
-    runfiles.write_summary(sweep_dir, rows)
-    return rows
+@dataclass
+class SweepState:
+    """Each member's Status while a sweep runs, and summary.csv written from it. None: not known
+    here; the member's own files decide (not started, interrupted or finished)."""
+    folder: Path
+    members: list
+    statuses: dict  # member name -> Optional[Status]
+
+    @classmethod
+    def read(cls, folder, members: list) -> "SweepState":
+        """The statuses summary.csv holds (none for a new sweep)."""
+        saved = {row["member"]: Status.parse(row["status"]) for row in runfiles.read_summary(folder)}
+        return cls(Path(folder), members, {m["name"]: saved.get(m["name"]) for m in members})
+
+    def of(self, member: dict) -> Optional[Status]:
+        return self.statuses.get(member["name"])
+
+    def set(self, member: dict, status: Optional[Status]) -> None:
+        self.statuses[member["name"]] = status
+
+    def write(self) -> list:
+        """summary.csv: one row per member from its metrics.csv (the last finished epoch); the rows."""
+        rows = []
+        for member in self.members:
+            member_dir = self.folder / member["name"]
+            metrics = runfiles.read_metrics(member_dir) if (member_dir / runfiles.METRICS).is_file() else []
+            last = metrics[-1] if metrics else {}
+            epochs = runfiles.read_config(member_dir).get("epochs", "")
+            status = self.of(member) or (Status.INTERRUPTED if metrics else Status.NOT_STARTED)
+            if metrics and epochs and len(metrics) >= epochs:
+                status = Status.FINISHED
+            row = {"member": member["name"], **{k: value_text(v) for k, v in member["values"].items()},
+                   "status": status.value, "epochs_done": len(metrics), "epochs": epochs,
+                   "dataset": last.get("dataset", "")}
+            row.update({column: last.get(column, "") for column in FINAL_COLUMNS})
+            rows.append(row)
+        runfiles.write_summary(self.folder, rows)
+        return rows
 
 
 def _number(text) -> Optional[float]:
@@ -340,8 +352,8 @@ def results_table(meta: dict, rows: list) -> str:
     header = group_keys + ["runs"] + [name for _, name, _ in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for setting, members in groups.items():
-        done = [m for m in members if m["status"] == "finished"]
-        other = [m for m in members if m["status"] != "finished"]
+        done = [m for m in members if m["status"] == Status.FINISHED]
+        other = [m for m in members if m["status"] != Status.FINISHED]
         runs = f"{len(done)}/{len(members)}" + (f" ({', '.join(sorted({m['status'] for m in other}))})" if other else "")
         cells = [_mean_std([_number(m.get(col)) for m in done if _number(m.get(col)) is not None], digits)
                  for col, _, digits in columns]

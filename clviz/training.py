@@ -17,13 +17,9 @@ from tqdm import tqdm
 from centerloss import CenterLoss, scale_feature_grad
 from clviz.config import Config, augments
 from clviz.data import NUM_CLASSES, Split
+from clviz.errors import Diverged
 from clviz.speed import GraphedStep, Speed, apply_conv_kernels, autocast, compiled_prelu, eval_forward, to_layout
 from nets import LeNetsPP
-
-
-class Diverged(RuntimeError):
-    """The loss stopped being a finite number."""
-
 
 # ---------- the parts that train ----------
 

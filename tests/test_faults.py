@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +17,10 @@ import torch
 from PIL import Image
 
 import train
+from clviz import errors, runfiles
 from clviz import run as runlib
-from clviz import runfiles
-from clviz.training import Diverged, EpochRunner
+from clviz.errors import Diverged
+from clviz.training import EpochRunner
 from tests.conftest import QUICK, REPO, alive, descendants, fail_in_epoch, read_rows, run_cli, without_time, write_small_set
 
 pytestmark = pytest.mark.slow
@@ -320,7 +322,7 @@ def test_a_run_folder_in_use_is_refused_and_freed_when_its_holder_ends(one_epoch
         assert proc.returncode == 2 and "is in use by another train.py" in proc.stderr and proc.stderr.count("\n") == 1
         assert (run_dir / ".checkpoint.pt.tmp4242").exists()  # the holder's files were left alone
     finally:
-        os.close(holder)  # as when the holder exits, however it exits
+        holder.release()  # as when the holder exits, however it exits
     run_cli("train.py", "--resume", run_dir, "--epochs", "2", cwd=tmp_path, check=0)
     assert [r["epoch"] for r in read_rows(run_dir)] == ["1", "2"]
 
@@ -356,17 +358,52 @@ def test_a_full_disk_is_named_and_loses_nothing(tmp_path, monkeypatch, capsys):
     assert [r["epoch"] for r in read_rows(run_dir)] == ["1", "2", "3"]
 
 
-def test_a_disk_full_at_start_leaves_no_folder_behind(tmp_path, monkeypatch, capsys):
+def fail(error):
+    def failing(*args, **kwargs):
+        raise error
+    return failing
+
+
+# Each start-up step of a run (run.open_session), after its folder is made, and what fails there.
+START_UP_FAULTS = {
+    "config.yaml": ("runfiles.write_config", runfiles.DiskFull(Path("outputs/s/config.yaml")), errors.EXIT_NO_SPACE),
+    "verify_pairs.npz": ("runfiles.save_pairs", runfiles.DiskFull(Path("outputs/s/verify_pairs.npz")), errors.EXIT_NO_SPACE),
+    "first log line": ("RunLog.__call__", OSError(5, "Input/output error", "outputs/s/log.txt"), errors.EXIT_FAULT),
+    "epoch runner": ("EpochRunner.__init__", MemoryError(), errors.EXIT_FAULT),
+    "TensorBoard writer": ("tensorboard_log.open_log", OSError(28, "No space left on device"), errors.EXIT_FAULT),
+    "Ctrl-C": ("tensorboard_log.open_log", KeyboardInterrupt(), errors.EXIT_INTERRUPTED),
+}
+
+
+@pytest.mark.parametrize("step", START_UP_FAULTS)
+def test_a_failure_at_any_start_up_step_leaves_no_folder_and_no_lock(tmp_path, monkeypatch, capsys, step):
+    """The README's promise: no empty run folder is left behind, however the start fails,
+    and the same command then works. One line, naming the fix, and no traceback."""
     monkeypatch.chdir(tmp_path)
-
-    def full(run_dir, values, **kwargs):
-        raise runfiles.DiskFull(run_dir / "config.yaml")
-
-    monkeypatch.setattr(runfiles, "write_config", full)
-    assert train.main([*QUICK, "--epochs", "1", "--run-name", "nospace"]) == 2
+    target, error, code = START_UP_FAULTS[step]
+    owner, name = target.split(".")
+    where = {"runfiles": runfiles, "RunLog": runfiles.RunLog, "EpochRunner": EpochRunner,
+             "tensorboard_log": runlib.tensorboard_log}[owner]
+    with monkeypatch.context() as patch:
+        patch.setattr(where, name, fail(error))
+        assert train.main([*QUICK, "--epochs", "1", "--run-name", "s"]) == code
     err = capsys.readouterr().err
-    assert "no space left on the device" in err and "free space and run the same command again" in err
-    assert not (tmp_path / "outputs" / "nospace").exists()  # nothing that blocks the obvious next command
+    assert err.count("\n") == 1 and "run the same command again" in err and "Traceback" not in err, err
+    assert not (tmp_path / "outputs" / "s").exists()
+    assert train.main([*QUICK, "--epochs", "1", "--run-name", "s"]) == 0  # the folder name is free again
+
+
+def test_a_failure_while_resuming_keeps_the_run_and_frees_its_lock(one_epoch, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "r"
+    shutil.copytree(one_epoch / "outputs" / "r", run_dir)
+    with monkeypatch.context() as patch:
+        patch.setattr(runfiles, "write_config", fail(runfiles.DiskFull(run_dir / "config.yaml")))
+        assert train.main(["--resume", str(run_dir), "--epochs", "2"]) == errors.EXIT_NO_SPACE
+    assert "free space and run the same command again" in capsys.readouterr().err
+    assert runfiles.load_checkpoint(run_dir)["epoch"] == 1  # what it had is kept
+    runfiles.lock_run_dir(run_dir).release()  # and nobody holds it
+    assert train.main(["--resume", str(run_dir), "--epochs", "2"]) == 0
+    assert [r["epoch"] for r in read_rows(run_dir)] == ["1", "2"]
 
 
 def test_a_second_ctrl_c_while_drawing_is_one_line(tmp_path, monkeypatch, capsys):
@@ -393,7 +430,7 @@ def test_a_second_ctrl_c_while_drawing_is_one_line(tmp_path, monkeypatch, capsys
 def test_a_machine_fault_mid_run_is_one_line_and_keeps_the_finished_epochs(tmp_path, monkeypatch, capsys, error, said):
     monkeypatch.chdir(tmp_path)
     real = fail_in_epoch(monkeypatch, 2, error)
-    assert train.main([*QUICK, "--epochs", "3", "--run-name", "m"]) == runlib.EXIT_FAULT
+    assert train.main([*QUICK, "--epochs", "3", "--run-name", "m"]) == errors.EXIT_FAULT
     out = capsys.readouterr().out
     message = next(line for line in out.splitlines() if line.startswith("error:"))
     assert message.startswith(said) and "resume with: python train.py --resume" in message
@@ -411,12 +448,12 @@ def test_a_machine_fault_while_drawing_after_training_is_one_line(tmp_path, monk
         raise OSError(5, "Input/output error", "outputs/f/features.gif")
 
     monkeypatch.setattr(runlib.gif, "make_gif", failing_disk)
-    assert train.main([*QUICK, "--epochs", "1", "--run-name", "f"]) == runlib.EXIT_FAULT
+    assert train.main([*QUICK, "--epochs", "1", "--run-name", "f"]) == errors.EXIT_FAULT
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == ("error: Input/output error while writing outputs/f/features.gif while "
                                             "drawing after training; every finished epoch is kept in outputs/f; "
-                                            "redraw with python visualize.py outputs/f")
+                                            "redraw with python visualize.py outputs/f once the machine has recovered")
     assert [r["epoch"] for r in read_rows(tmp_path / "outputs" / "f")] == ["1"]
 
 
@@ -486,7 +523,7 @@ def small_disk(tmp_path):
 def test_a_really_full_disk_is_named_and_loses_nothing(small_disk, tmp_path, reference):
     args = ["--output-dir", small_disk, "--run-name", "r", *LONGER]
     full = run_cli("train.py", *args, cwd=tmp_path)
-    assert full.returncode == runlib.EXIT_NO_SPACE, full.stdout + full.stderr
+    assert full.returncode == errors.EXIT_NO_SPACE, full.stdout + full.stderr
     out = full.stdout + full.stderr
     message = next(line for line in out.splitlines() if line.startswith("error:"))
     assert "no space left on the device holding" in message and "resume with: python train.py --resume" in message
@@ -497,3 +534,27 @@ def test_a_really_full_disk_is_named_and_loses_nothing(small_disk, tmp_path, ref
     subprocess.run(["mount", "-o", "remount,size=64M", str(small_disk)], check=True)
     run_cli("train.py", "--resume", run_dir, cwd=tmp_path, check=0)
     assert_same_result(run_dir, reference)
+
+
+def test_the_linux_only_calls_are_guarded(monkeypatch, tmp_path):
+    """Windows has no fcntl, prctl, process groups or signal masks: nothing imports fcntl,
+    the run lock works through filelock, and each Linux-only call is skipped where it is missing."""
+    import subprocess as sp
+    code = ("import sys; sys.modules['fcntl'] = None\n"
+            "import train, visualize, clviz.sweep, clviz.workers, clviz.member, clviz.background\n")
+    proc = sp.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    from clviz import background
+    monkeypatch.delattr(errors.signal, "pthread_sigmask")
+    monkeypatch.delattr(errors.os, "setpgrp")
+    errors.hold_stops(True)  # no-ops, not AttributeErrors
+    errors.leave_terminal_group()
+    monkeypatch.setattr(background.sys, "platform", "win32")
+    monkeypatch.setattr(background.ctypes, "CDLL", fail(AssertionError("prctl called off Linux")))
+    monkeypatch.setattr(background.threading.Thread, "start", lambda self: None)
+    background.end_with_parent(os.getppid())
+    lock = runfiles.lock_run_dir(tmp_path)
+    with pytest.raises(runfiles.RunError, match="in use by another train.py"):
+        runfiles.lock_run_dir(tmp_path)
+    lock.release()
+    runfiles.lock_run_dir(tmp_path).release()

@@ -11,7 +11,7 @@ TOP_LEVEL = ["train.py", "visualize.py", "nets.py", "centerloss.py"]
 LAYERS = [
     {"nets", "centerloss", "clviz.config", "clviz.data", "clviz.metrics", "clviz.runfiles", "clviz.background",
      "clviz.projection", "clviz.tensorboard_log", "clviz.fftconv"},
-    {"clviz.speed", "clviz.frames", "clviz.report"},
+    {"clviz.errors", "clviz.speed", "clviz.frames", "clviz.report"},
     {"clviz.training", "clviz.gif", "clviz.interactive"},
     {"clviz.grid", "clviz.run"},
     {"clviz.member"},

@@ -16,8 +16,7 @@ import time
 import pytest
 
 import train
-from clviz import cluster
-from clviz import run as runlib
+from clviz import cluster, errors
 from tests.conftest import REPO, alive, descendants, read_rows, run_cli, wait_until, without_time
 
 # 4 members of 3 epochs on 600 sample digits: each epoch is a few seconds, long enough to kill one mid-member.
@@ -126,7 +125,7 @@ def test_ctrl_c_of_a_parallel_sweep_keeps_finished_epochs_and_resume_completes_i
     children = descendants(sweep.proc.pid)
     sweep.proc.send_signal(signal.SIGINT)
     code, out = sweep.finish()
-    assert code == runlib.EXIT_INTERRUPTED, out
+    assert code == errors.EXIT_INTERRUPTED, out
     assert "sweep interrupted; resume with: python train.py --resume outputs/c" in out
     assert "Traceback" not in out
     statuses = [row["status"] for row in read_rows_csv(sweep_dir / "summary.csv")]
@@ -144,15 +143,15 @@ def test_ctrl_c_of_a_parallel_sweep_keeps_finished_epochs_and_resume_completes_i
 
 @pytest.mark.parametrize("argv, message", [
     (["--workers", "2"], "--workers spreads the members of a sweep"),
-    (["--sweep", "seed=0,1", "--workers", "0"], "--workers 0 is out of range"),
-    (["--sweep", "seed=0,1", "--workers", "two"], "--workers 'two' is not an int"),
+    (["--sweep", "seed=0,1", "--workers", "0"], "--workers must be in [1, 1024]; got 0"),
+    (["--sweep", "seed=0,1", "--workers", "two"], "--workers must be int, got 'two'"),
     (["--sweep", "seed=0,1", "--member-cpus", "2"], "--member-cpus sizes Ray tasks"),
     (["--sweep", "seed=0,1", "--ray-address", "auto", "--workers", "2"], "--workers and --ray-address both"),
-    (["--sweep", "seed=0,1", "--ray-address", "auto", "--member-gpus", "-1"], "--member-gpus -1.0 is out of range"),
+    (["--sweep", "seed=0,1", "--ray-address", "auto", "--member-gpus", "-1"], "--member-gpus must be >= 0.0; got -1.0"),
 ])
 def test_bad_spread_flags_are_one_line_and_write_nothing(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
-    assert train.main(["--dataset", "mnist-sample", *argv]) == runlib.EXIT_BAD_INPUT
+    assert train.main(["--dataset", "mnist-sample", *argv]) == errors.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists()

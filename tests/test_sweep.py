@@ -8,8 +8,7 @@ import yaml
 from PIL import Image
 
 import train
-from clviz import run as runlib
-from clviz import sweep
+from clviz import errors, sweep
 from clviz.config import ConfigError
 from clviz.training import EpochRunner
 from tests.conftest import QUICK
@@ -128,7 +127,7 @@ def test_ctrl_c_stops_the_sweep_keeps_finished_work_and_resume_completes_it(tmp_
 
     monkeypatch.setattr(EpochRunner, "run", interrupted_in_second_member)
     argv = [*TINY, "--train-subset", "100", "--epochs", "1", "--sweep", "seed=0,1,2", "--run-name", "c"]
-    assert train.main(argv) == runlib.EXIT_INTERRUPTED
+    assert train.main(argv) == errors.EXIT_INTERRUPTED
     out = capsys.readouterr().out
     sweep_dir = tmp_path / "outputs" / "c"
     assert "sweep interrupted; resume with: python train.py --resume outputs/c" in out
@@ -138,3 +137,37 @@ def test_ctrl_c_stops_the_sweep_keeps_finished_work_and_resume_completes_it(tmp_
     monkeypatch.setattr(EpochRunner, "run", real)
     assert train.main(["--resume", str(sweep_dir)]) == 0
     assert [r["status"] for r in rows(sweep_dir / "summary.csv")] == ["finished"] * 3
+
+
+def claim(parent, stamp, out):
+    """One process naming a new folder at a fixed instant (what two commands started in the same second see)."""
+    from clviz import runfiles
+    runfiles.time.strftime = lambda fmt: stamp
+    out.put(runfiles.make_folder(parent, None, "sweep-seed").name)
+
+
+def test_sweeps_and_runs_started_in_the_same_second_get_a_folder_each(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from clviz import config as configlib
+    from clviz import runfiles
+    monkeypatch.setattr(runfiles.time, "strftime", lambda fmt: "20261207-120000")
+    args = configlib.parse_unknown(train.make_parser(), ["--sweep", "seed=0,1", "--output-dir", str(tmp_path)])
+    first, second = sweep.start(args)[0], sweep.start(args)[0]
+    assert (first.name, second.name) == ("20261207-120000-sweep-seed", "20261207-120000-sweep-seed-2")
+    assert (second / "sweep.yaml").is_file()
+    run_dir = runfiles.new_run_dir(str(tmp_path), None, "default")
+    assert runfiles.new_run_dir(str(tmp_path), None, "default").name == run_dir.name + "-2"
+    with pytest.raises(runfiles.RunError, match="already exists; pick another --run-name"):
+        runfiles.make_folder(str(tmp_path), run_dir.name, "default")  # a name the user gave is never changed
+    # Several processes at the same instant: the mkdir is the claim, so none shares a folder.
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    procs = [context.Process(target=claim, args=(str(tmp_path / "race"), "20261207-130000", out)) for _ in range(4)]
+    (tmp_path / "race").mkdir()
+    for proc in procs:
+        proc.start()
+    names = sorted(out.get(timeout=60) for _ in procs)
+    for proc in procs:
+        proc.join()
+    assert names == ["20261207-130000-sweep-seed"] + [f"20261207-130000-sweep-seed-{k}" for k in (2, 3, 4)]
