@@ -137,6 +137,22 @@ def test_cuda_graph_replay_matches_eager_on_a_gpu():
         assert torch.allclose(x, y, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_what_auto_turns_on_for_cuda_trains_as_fp32_does_on_a_gpu():
+    """auto turns bf16 and channels_last on for CUDA: eager steps with them follow the fp32
+    contiguous steps on the same card within bf16's rounding, and features stay finite."""
+    cfg = textbook(Config(), batch_size=50, lr=0.01, center_loss_weight=0.1, device="cuda", cuda_graphs="off")
+    gpu = torch.device("cuda")
+    auto = speedlib.resolve_speed(cfg, gpu)
+    assert auto.bf16 and auto.channels_last and not auto.cuda_graphs  # what a plain CUDA run gets
+    fp32 = speedlib.resolve_speed(dataclasses.replace(cfg, bf16="off", channels_last="off"), gpu)
+    expected, _, _ = app_epochs(cfg, fp32, gpu, split=tiny_split(300), epochs=2)
+    got, _, _ = app_epochs(cfg, auto, gpu, split=tiny_split(300), epochs=2)
+    for a, b in zip(expected, got):
+        assert torch.isfinite(b.features).all()
+        assert b.nll == pytest.approx(a.nll, rel=5e-2) and b.center_loss == pytest.approx(a.center_loss, rel=1e-1)
+
+
 def bilinear_shift(image, dx, dy):
     """out[i, j] = image[i + dy, j + dx], bilinear between pixels, coordinates clamped to the border."""
     h, w = image.shape
