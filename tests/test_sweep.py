@@ -147,8 +147,6 @@ def claim(parent, stamp, out):
 
 
 def test_sweeps_and_runs_started_in_the_same_second_get_a_folder_each(tmp_path, monkeypatch):
-    import multiprocessing
-
     from clviz import config as configlib
     from clviz import runfiles
     monkeypatch.setattr(runfiles.time, "strftime", lambda fmt: "20261207-120000")
@@ -160,7 +158,13 @@ def test_sweeps_and_runs_started_in_the_same_second_get_a_folder_each(tmp_path, 
     assert runfiles.new_run_dir(str(tmp_path), None, "default").name == run_dir.name + "-2"
     with pytest.raises(runfiles.RunError, match="already exists; pick another --run-name"):
         runfiles.make_folder(str(tmp_path), run_dir.name, "default")  # a name the user gave is never changed
-    # Several processes at the same instant: the mkdir is the claim, so none shares a folder.
+
+
+@pytest.mark.slow  # four spawned interpreters importing torch: ~20 s on 2 cores
+def test_processes_naming_folders_in_the_same_second_never_share_one(tmp_path):
+    """The mkdir is the claim, so several processes at the same instant get a folder each."""
+    import multiprocessing
+
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     procs = [context.Process(target=claim, args=(str(tmp_path / "race"), "20261207-130000", out)) for _ in range(4)]
