@@ -81,7 +81,8 @@ def commands(step: str, args, work: Path) -> list:
     """The commands one step runs (each a list for subprocess), in order."""
     train = [PY, str(REPO / "train.py"), "--data-dir", args.data_dir, "--device", "cuda", "--output-dir", str(work)]
     if step == "cuda_tests":
-        return [[PY, "-m", "pytest", "-q", "-rs", "-k", "gpu or cuda", str(REPO / "tests" / "test_training.py")]]
+        return [[PY, "-m", "pytest", "-q", "-rs", "-k", "gpu or cuda or accelerator", str(REPO / "tests" / "test_training.py"),
+                 str(REPO / "tests" / "test_library.py")]]
     if step == "epoch_speed":
         runs = [[*train, "--epochs", "2", "--lr-schedule", "step", "--cuda-graphs", graphs, "--bf16", bf16,
                  "--run-name", f"speed-graphs-{graphs}-bf16-{bf16}"] for graphs, bf16 in SPEED_CASES.values()]

