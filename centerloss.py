@@ -29,7 +29,10 @@ Two ways to move the centers:
              c_j <- c_j - alpha * delta_c_j, only for classes in the batch.
 """
 
+from typing import Optional
+
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 UPDATE_RULES = ("sgd", "paper")
@@ -52,6 +55,14 @@ class ScaleGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return grad * ctx.scale, None
+
+
+def distributed_sync(sync: Optional[bool]) -> bool:
+    """Whether to all-reduce across processes: `sync` if given, else whether a process group of 2+ runs."""
+    running = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if sync and not running:
+        raise RuntimeError("sync=True needs an initialised torch.distributed process group (torch.distributed.init_process_group)")
+    return running if sync is None else sync
 
 
 def scale_feature_grad(features: torch.Tensor, weight) -> torch.Tensor:
@@ -127,10 +138,17 @@ class CenterLoss(nn.Module):
         return 0.5 * squared.mean()
 
     @torch.no_grad()
-    def update_centers(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+    def update_centers(self, features: torch.Tensor, labels: torch.Tensor, *, sync: Optional[bool] = None) -> None:
         """Eq. 4 of the paper, for "paper" mode. Vectorised: per-class sums of
         (c_j - x_i) and per-class counts by index_add_ (not bincount, whose
-        output size depends on the labels' values and so cannot be graph-captured)."""
+        output size depends on the labels' values and so cannot be graph-captured).
+
+        Under torch.distributed (DistributedDataParallel), each process sees only its
+        share of the batch. With `sync` (the default where a process group of 2+ is
+        initialised) the per-class sums and counts are all-reduced first, so every
+        process applies Eq. 4 to the *global* batch and the centers stay identical
+        everywhere; `sync=False` updates from the local batch only (the centers drift
+        apart between processes)."""
         if self.update != "paper":
             raise RuntimeError('update_centers is the "paper" rule; in "sgd" mode the center optimizer moves the centers')
         self._check(features, labels)
@@ -140,5 +158,9 @@ class CenterLoss(nn.Module):
         diff_sum = torch.zeros_like(self.centers).index_add_(
             0, labels, self.centers.index_select(0, labels) - features.to(self.centers.dtype)
         )
+        if distributed_sync(sync):
+            both = torch.cat([diff_sum, counts.unsqueeze(1)], dim=1)  # one all-reduce for both sums
+            dist.all_reduce(both)
+            diff_sum, counts = both[:, :-1], both[:, -1]
         # Absent classes have diff_sum 0, so they stay where they are.
         self.centers.sub_(self.alpha * diff_sum / (1.0 + counts).unsqueeze(1))
