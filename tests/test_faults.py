@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import train
-from clviz import errors, runfiles
+from clviz import commands, errors, runfiles
 from clviz import run as runlib
 from clviz.errors import Diverged
 from clviz.training import EpochRunner
@@ -494,7 +494,7 @@ def test_visualize_interrupted_or_out_of_space_says_so_in_one_line(one_epoch, mo
         raise KeyboardInterrupt
 
     run_dir = one_epoch / "outputs" / "r"
-    monkeypatch.setattr(visualize.gif, "make_gif", ctrl_c)
+    monkeypatch.setattr(commands.gif, "make_gif", ctrl_c)
     assert visualize.main([str(run_dir)]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "interrupted" in err and f"python visualize.py {run_dir}" in err
@@ -502,7 +502,7 @@ def test_visualize_interrupted_or_out_of_space_says_so_in_one_line(one_epoch, mo
     def full(*args, **kwargs):
         raise runfiles.DiskFull(run_dir / "features.gif")
 
-    monkeypatch.setattr(visualize.gif, "make_gif", full)
+    monkeypatch.setattr(commands.gif, "make_gif", full)
     assert visualize.main([str(run_dir)]) == 4
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no space left on the device holding" in err and "features.gif" in err
