@@ -348,8 +348,9 @@ def config_file(text: Union[str, Path]) -> Path:
 def read_yaml(path: Union[str, Path]) -> dict:
     path = Path(path)
     if not path.is_file():
-        names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
-        raise ConfigError(f"config file {str(path)!r} does not exist; give a YAML file or one of the shipped configs: {names}")
+        names = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+        raise ConfigError(f"config file {str(path)!r} does not exist{suggest(path.stem, names)}; give a YAML file or "
+                          f"one of the shipped configs: {', '.join(names)}")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # UniqueKeyLoader is a SafeLoader
     except UnicodeDecodeError:
