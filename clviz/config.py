@@ -233,6 +233,12 @@ def suggest(name: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def check_key(name: str, types: dict = FIELD_TYPES) -> None:
+    """A ConfigError, with the nearest key suggested, unless `name` is a config field."""
+    if name not in types:
+        raise ConfigError(f"unknown config key {name!r}{suggest(name, types)}")
+
+
 def coerce(name: str, value: Any, *, from_text: bool = False, of: type = None, label: Optional[str] = None) -> Any:
     """Check one value against its field's type and range; return it typed.
     `from_text` accepts strings (command line); YAML values must already be typed.
@@ -240,8 +246,7 @@ def coerce(name: str, value: Any, *, from_text: bool = False, of: type = None, l
     `label`: how messages name it (default "config key 'name'")."""
     of = of or Config
     types = FIELD_TYPES if of is Config else get_type_hints(of)
-    if name not in types:
-        raise ConfigError(f"unknown config key {name!r}{suggest(name, types)}")
+    check_key(name, types)
     label = label or f"config key {name!r}"
     spec = next(f for f in fields(of) if f.name == name)
     tp, nullable = _base_type(types[name])

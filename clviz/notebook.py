@@ -58,16 +58,11 @@ class RunData:
         return np.array([row.get(name, np.nan) for row in self.metrics], dtype=float)
 
 
-def check_field(name: str) -> None:
-    if name not in configlib.FIELD_TYPES:
-        raise ValueError(f"unknown config field {name!r}{configlib.suggest(name, configlib.FIELD_TYPES)}")
-
-
 def flag_args(fields: dict) -> list:
     """{"center_loss_weight": 0.1, "regions": False} -> ["--center-loss-weight", "0.1", "--regions", "false"]."""
     argv = []
     for name, value in fields.items():
-        check_field(name)
+        configlib.check_key(name)
         if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)
         elif isinstance(value, bool):
@@ -83,7 +78,7 @@ def train(*, config: Optional[str] = None, sweep: Optional[dict] = None, quiet: 
     if config is not None:
         argv += ["--config", str(config)]
     for name, values in (sweep or {}).items():
-        check_field(name)
+        configlib.check_key(name)
         argv += ["--sweep", f"{name}=" + ",".join(str(v) for v in values)]
     output_dir = Path(fields.get("output_dir", configlib.Config().output_dir)).expanduser()
     before = set(output_dir.iterdir()) if output_dir.is_dir() else set()
